@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "tcptop-exporter",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tcptop-exporter", targets: ["tcptop-exporter"]),
+        .executable(name: "tcptop", targets: ["tcptop"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // The one place where C is declared: libbpf, libsystemd, zlib and a tiny shim.
+        .target(
+            name: "CTCPTop",
+            linkerSettings: [
+                .linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("systemd"),
+            ]
+        ),
+        // Compiles bpf/*.bpf.c with clang -target bpf and embeds the object into TCPTopBPF.
+        .plugin(name: "BPFCompiler", capability: .buildTool()),
+        // Pure Swift: connection records, registry, exposition, config. Testable without root.
+        .target(name: "TCPTopCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // The only Swift that touches libbpf: load, attach, read maps.
+        .target(
+            name: "TCPTopBPF",
+            dependencies: ["CTCPTop", "TCPTopCore"],
+            plugins: ["BPFCompiler"]
+        ),
+        // HTTP listener, sd_notify, signals, the daemon itself.
+        .target(
+            name: "TCPTopServer",
+            dependencies: [
+                "CTCPTop", "TCPTopCore", "TCPTopBPF",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "tcptop-exporter",
+            dependencies: ["TCPTopServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "tcptop",
+            dependencies: ["TCPTopCore", "TCPTopBPF", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "TCPTopCoreTests", dependencies: ["TCPTopCore"]),
+        .testTarget(name: "TCPTopServerTests", dependencies: ["TCPTopServer"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF"]),
+    ]
+)

@@ -1,0 +1,20 @@
+/* The C boundary: every C API the Swift code calls is declared from here. */
+#ifndef CTCPTOP_H
+#define CTCPTOP_H
+
+#include <bpf/libbpf.h>
+#include <bpf/bpf.h>
+#include <systemd/sd-daemon.h>
+#include <zlib.h>
+
+#include "../../../bpf/tcptop_maps.h"
+
+/* libbpf's log callback takes a va_list, which Swift cannot receive: this
+ * routes libbpf's messages, formatted, to a plain C-string callback. */
+typedef void (*tcptop_log_fn)(int level, const char *message);
+void tcptop_set_libbpf_logger(tcptop_log_fn fn);
+
+/* zlib's deflateInit2 is a macro. */
+int tcptop_deflate_init_gzip(z_stream *stream, int level);
+
+#endif

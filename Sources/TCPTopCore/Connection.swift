@@ -1,0 +1,76 @@
+/// Plain Swift values for what the kernel side counts. The BPF reader
+/// produces them; the registry, the exposition writer and tcptop consume them.
+
+public enum AddressFamily: String, Sendable, Hashable, CaseIterable {
+    case ipv4, ipv6
+}
+
+/// Identifies one connection end as seen by one process: the kernel's socket
+/// cookie (unique for the boot) and the process id (tgid).
+public struct ConnectionID: Hashable, Sendable {
+    public var cookie: UInt64
+    public var pid: UInt32
+    public init(cookie: UInt64, pid: UInt32) {
+        self.cookie = cookie
+        self.pid = pid
+    }
+}
+
+/// The labels of one connection end. `comm` keeps the kernel's raw bytes
+/// (up to 15, NUL removed): a process may put any byte in its name, and
+/// turning it into valid UTF-8 text is the writer's job.
+public struct ConnectionLabels: Hashable, Sendable {
+    public var pid: UInt32
+    public var comm: [UInt8]
+    public var family: AddressFamily
+    public var localAddress: String
+    public var localPort: UInt16
+    public var remoteAddress: String
+    public var remotePort: UInt16
+
+    public init(
+        pid: UInt32, comm: [UInt8], family: AddressFamily,
+        localAddress: String, localPort: UInt16, remoteAddress: String, remotePort: UInt16
+    ) {
+        self.pid = pid
+        self.comm = comm
+        self.family = family
+        self.localAddress = localAddress
+        self.localPort = localPort
+        self.remoteAddress = remoteAddress
+        self.remotePort = remotePort
+    }
+
+    /// The process name as text; bytes that are not UTF-8 become U+FFFD.
+    public var commText: String { String(decoding: comm, as: UTF8.self) }
+}
+
+/// One read of one connection end's counters.
+public struct ConnectionSample: Sendable, Equatable {
+    public var id: ConnectionID
+    public var labels: ConnectionLabels
+    public var sentBytes: UInt64
+    public var receivedBytes: UInt64
+    /// The kernel destroyed the socket: these counters are final.
+    public var closed: Bool
+
+    public init(id: ConnectionID, labels: ConnectionLabels, sentBytes: UInt64, receivedBytes: UInt64, closed: Bool) {
+        self.id = id
+        self.labels = labels
+        self.sentBytes = sentBytes
+        self.receivedBytes = receivedBytes
+        self.closed = closed
+    }
+}
+
+/// Counters the kernel side keeps for what it could not attribute to a
+/// connection (its map was full), summed over CPUs.
+public struct UnattributedCounters: Sendable, Equatable {
+    public var sentBytes: UInt64 = 0
+    public var receivedBytes: UInt64 = 0
+    public var sendEvents: UInt64 = 0
+    public var receiveEvents: UInt64 = 0
+    /// Socket closes that could not be recorded (the "closed" map was full).
+    public var closesNotRecorded: UInt64 = 0
+    public init() {}
+}

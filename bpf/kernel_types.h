@@ -1,0 +1,43 @@
+/* The few kernel structures and fields the BPF program reads. CO-RE
+ * (preserve_access_index) relocates each field by name against the running
+ * kernel's BTF, so only names and types matter here, not offsets or the
+ * fields left out. This replaces a generated vmlinux.h. */
+#ifndef TCPTOP_KERNEL_TYPES_H
+#define TCPTOP_KERNEL_TYPES_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <stdbool.h>
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+		__be32 u6_addr32[4];
+	} in6_u;
+};
+
+typedef struct {
+	__s64 counter;
+} atomic64_t;
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+	atomic64_t skc_cookie;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+};
+
+#pragma clang attribute pop
+
+#endif
