@@ -24,8 +24,7 @@
 #define MSG_PEEK 2
 #define EEXIST 17
 
-/* Load-time filters, set by user space before load (0 = no filter). */
-const volatile __u32 target_tgid = 0;
+const volatile struct tcptop_settings settings = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -125,7 +124,7 @@ static __always_inline int count(struct sock *sk, int ret, bool is_send)
 	if (ret <= 0 || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (target_tgid && tgid != target_tgid)
+	if (settings.target_tgid && tgid != settings.target_tgid)
 		return 0;
 	struct tcptop_conn_key key = { .cookie = bpf_get_socket_cookie(sk), .tgid = tgid };
 	struct tcptop_conn_value *value = bpf_map_lookup_elem(&conns, &key);

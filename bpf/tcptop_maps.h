@@ -42,6 +42,14 @@ enum tcptop_stat {
 	TCPTOP_STAT_COUNT = 5,
 };
 
+/* Load-time settings: the program's only read-only global, so it is the
+ * whole .rodata section, set by user space before load. 0 = no filter. */
+struct tcptop_settings {
+	__u32 target_tgid;
+	__u32 pad;
+};
+
+_Static_assert(sizeof(struct tcptop_settings) == 8, "settings layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");
 _Static_assert(sizeof(struct tcptop_conn_value) == 72, "conn value layout");
 

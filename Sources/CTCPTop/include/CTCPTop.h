@@ -4,6 +4,7 @@
 
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <systemd/sd-daemon.h>
 #include <zlib.h>
 

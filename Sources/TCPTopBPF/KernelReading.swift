@@ -1,0 +1,116 @@
+import CTCPTop
+import Glibc
+import TCPTopCore
+
+/// One consistent read of the kernel maps.
+public struct KernelReading: Sendable {
+    /// Every connection end in the kernel map; those marked closed were
+    /// removed from the kernel by this read and will not appear again.
+    public var connections: [ConnectionSample]
+    public var unattributed: UnattributedCounters
+}
+
+extension TCPTracer {
+    /// Reads every connection end, then moves closed ones out of the kernel
+    /// map. The closed set is read first: a socket destroyed after that is
+    /// still read (with final values) and is moved out by the next read, so
+    /// no byte is lost between the two.
+    public func read() throws -> KernelReading {
+        let closedCookies = Set(try readClosedCookies())
+        let entries = try readAllConnections()
+        var samples: [ConnectionSample] = []
+        samples.reserveCapacity(entries.count)
+        var seen = Set<ConnectionID>(minimumCapacity: entries.count)
+        for (key, value) in entries {
+            let id = ConnectionID(cookie: key.cookie, pid: key.tgid)
+            let labels = labelCache[id] ?? Self.labels(pid: key.tgid, value: value)
+            labelCache[id] = labels
+            seen.insert(id)
+            samples.append(ConnectionSample(
+                id: id, labels: labels, sentBytes: value.sent_bytes, receivedBytes: value.received_bytes,
+                closed: closedCookies.contains(key.cookie)))
+        }
+        for sample in samples where sample.closed {
+            var key = tcptop_conn_key(cookie: sample.id.cookie, tgid: sample.id.pid, pad: 0)
+            _ = bpf_map_delete_elem(connectionsFD, &key)
+            labelCache[sample.id] = nil
+        }
+        for var cookie in closedCookies {
+            _ = bpf_map_delete_elem(closedFD, &cookie)
+        }
+        if labelCache.count > seen.count {
+            labelCache = labelCache.filter { seen.contains($0.key) }
+        }
+        return KernelReading(connections: samples, unattributed: try readStats())
+    }
+
+    static func labels(pid: UInt32, value: tcptop_conn_value) -> ConnectionLabels {
+        let family: AddressFamily = value.family == UInt16(AF_INET6) ? .ipv6 : .ipv4
+        let length = family == .ipv4 ? 4 : 16
+        let local = withUnsafeBytes(of: value.laddr) { Array($0.prefix(length)) }
+        let remote = withUnsafeBytes(of: value.raddr) { Array($0.prefix(length)) }
+        let comm = withUnsafeBytes(of: value.comm) { Array($0.prefix { $0 != 0 }) }
+        return ConnectionLabels(
+            pid: pid, comm: comm, family: family,
+            localAddress: addressText(family: family, bytes: local), localPort: value.lport,
+            remoteAddress: addressText(family: family, bytes: remote), remotePort: value.rport)
+    }
+
+    private func readClosedCookies() throws -> [UInt64] {
+        try batchRead(fd: closedFD, key: UInt64(0), value: UInt8(0)).map(\.0)
+    }
+
+    private func readAllConnections() throws -> [(tcptop_conn_key, tcptop_conn_value)] {
+        try batchRead(fd: connectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
+    }
+
+    /// Reads a whole hash map with BPF_MAP_LOOKUP_BATCH: a few syscalls for
+    /// the whole map instead of two per entry.
+    private func batchRead<Key, Value>(fd: Int32, key: Key, value: Value) throws -> [(Key, Value)] {
+        var chunk = 4096
+        var result: [(Key, Value)] = []
+        var options = bpf_map_batch_opts()
+        options.sz = MemoryLayout<bpf_map_batch_opts>.stride
+        // The kernel's cursor for hash maps is a bucket index (u32); 8 bytes is room enough.
+        var cursor: UInt64 = 0, nextCursor: UInt64 = 0
+        var first = true
+        while true {
+            var keys = [Key](repeating: key, count: chunk)
+            var values = [Value](repeating: value, count: chunk)
+            var count = UInt32(chunk)
+            let err = first
+                ? bpf_map_lookup_batch(fd, nil, &nextCursor, &keys, &values, &count, &options)
+                : bpf_map_lookup_batch(fd, &cursor, &nextCursor, &keys, &values, &count, &options)
+            if err != 0 && err != -ENOENT {
+                if err == -ENOSPC && chunk < 1 << 22 { // one hash bucket held more than a chunk
+                    chunk *= 4
+                    continue
+                }
+                throw TracerError.libbpf("reading a BPF map", code: err)
+            }
+            for index in 0..<Int(count) { result.append((keys[index], values[index])) }
+            if err == -ENOENT { return result }
+            cursor = nextCursor
+            first = false
+        }
+    }
+
+    private func readStats() throws -> UnattributedCounters {
+        let cpus = Int(libbpf_num_possible_cpus())
+        guard cpus > 0 else { throw TracerError.libbpf("counting CPUs", code: Int32(cpus)) }
+        func sum(_ index: tcptop_stat) throws -> UInt64 {
+            var key = UInt32(index.rawValue)
+            var perCPU = [UInt64](repeating: 0, count: cpus)
+            let err = bpf_map_lookup_elem(statsFD, &key, &perCPU)
+            if err != 0 { throw TracerError.libbpf("reading the BPF stats", code: err) }
+            return perCPU.reduce(0, &+)
+        }
+        var counters = UnattributedCounters()
+        counters.sentBytes = try sum(TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES)
+        counters.receivedBytes = try sum(TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES)
+        counters.sendEvents = try sum(TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS)
+        counters.receiveEvents = try sum(TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS)
+        counters.closesNotRecorded = try sum(TCPTOP_STAT_CLOSED_NOT_RECORDED)
+        return counters
+    }
+}

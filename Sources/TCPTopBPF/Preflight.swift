@@ -1,0 +1,61 @@
+import CTCPTop
+import Glibc
+
+/// Checks made before loading, so that a missing privilege or kernel feature
+/// is reported as what it is rather than as a verifier or libbpf error.
+enum Preflight {
+    // Capability numbers from linux/capability.h.
+    static let capSysAdmin = 21
+    static let capPerfmon = 38
+    static let capBPF = 39
+
+    /// Loading needs CAP_BPF (map creation, loading) and CAP_PERFMON (tracing
+    /// programs that read kernel memory); CAP_SYS_ADMIN implies both.
+    static func checkCapabilities(statusText: String) throws {
+        guard let effective = effectiveCapabilities(statusText: statusText) else { return }
+        func has(_ bit: Int) -> Bool { effective & (1 << UInt64(bit)) != 0 }
+        if has(capSysAdmin) { return }
+        let missing = [(capBPF, "CAP_BPF"), (capPerfmon, "CAP_PERFMON")].filter { !has($0.0) }.map(\.1)
+        if !missing.isEmpty {
+            throw TracerError(
+                "missing capability \(missing.joined(separator: " and ")): run as root or grant CAP_BPF and CAP_PERFMON")
+        }
+    }
+
+    static func effectiveCapabilities(statusText: String) -> UInt64? {
+        for line in statusText.split(separator: "\n") where line.hasPrefix("CapEff:") {
+            return UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: " \t"), radix: 16)
+        }
+        return nil
+    }
+
+    /// The hooks are BTF-typed tracepoints: the kernel must have BTF and the
+    /// tracepoints (sock_send_length and sock_recv_length came in Linux 6.3).
+    static func checkKernelHooks() throws {
+        guard let btf = btf__load_vmlinux_btf() else {
+            throw TracerError("kernel has no BTF (/sys/kernel/btf/vmlinux): CO-RE programs cannot load")
+        }
+        defer { btf__free(btf) }
+        for tracepoint in ["sock_send_length", "sock_recv_length", "tcp_destroy_sock"] {
+            if btf__find_by_name_kind(btf, "btf_trace_\(tracepoint)", UInt32(BTF_KIND_TYPEDEF)) < 0 {
+                throw TracerError(
+                    "kernel \(kernelRelease()) has no \(tracepoint) tracepoint (needs Linux >= 6.3); older kernels are not supported yet")
+            }
+        }
+    }
+
+    static func kernelRelease() -> String {
+        var names = utsname()
+        uname(&names)
+        return withUnsafeBytes(of: &names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> Substring {
+        var text = self
+        while let first = text.first, set.contains(first) { text = text.dropFirst() }
+        while let last = text.last, set.contains(last) { text = text.dropLast() }
+        return text
+    }
+}

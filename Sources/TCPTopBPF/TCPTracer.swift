@@ -1,0 +1,153 @@
+import CTCPTop
+import Foundation
+import TCPTopCore
+
+/// Owns the loaded BPF object and its attached programs: open → set sizes
+/// and settings → load → attach; `deinit` detaches and frees everything.
+/// Not thread-safe: one reader at a time (the callers serialise).
+public final class TCPTracer {
+    public struct Options: Sendable {
+        /// Connection ends the kernel map holds; past it bytes are counted as unattributed.
+        public var mapCapacity: UInt32 = 65536
+        /// Count only this process (0 = every process).
+        public var targetPID: UInt32 = 0
+        public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0) {
+            self.mapCapacity = mapCapacity
+            self.targetPID = targetPID
+        }
+    }
+
+    /// How the programs are attached, for the attach-mode self-metric.
+    public let attachMode = "tp_btf"
+    public let mapCapacity: UInt32
+
+    private let object: OpaquePointer
+    private var links: [OpaquePointer] = []
+    let connectionsFD: Int32
+    let closedFD: Int32
+    let statsFD: Int32
+    /// Labels already built, by connection: most reads see the same
+    /// connections again, and building address text is the costly part.
+    var labelCache: [ConnectionID: ConnectionLabels] = [:]
+
+    public static func start(_ options: Options, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> TCPTracer {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        try Preflight.checkCapabilities(statusText: status)
+        try Preflight.checkKernelHooks()
+        LibbpfLog.install(log)
+
+        guard let bytes = Data(base64Encoded: embeddedBPFObjectBase64) else {
+            throw TracerError("the embedded BPF object is corrupt")
+        }
+        var openOptions = bpf_object_open_opts()
+        openOptions.sz = MemoryLayout<bpf_object_open_opts>.stride
+        let opened = bytes.withUnsafeBytes { raw in
+            "tcptop".withCString { name -> OpaquePointer? in
+                openOptions.object_name = name
+                return bpf_object__open_mem(raw.baseAddress, raw.count, &openOptions)
+            }
+        }
+        guard let object = opened else {
+            throw TracerError.libbpf("opening the BPF object", code: -errno)
+        }
+        // From here on, the tracer owns the object and frees it in deinit.
+        let tracer = try TCPTracer(object: object, options: options)
+        try tracer.attachAll()
+        return tracer
+    }
+
+    private init(object: OpaquePointer, options: Options) throws {
+        self.object = object
+        self.mapCapacity = options.mapCapacity
+        func map(_ name: String) throws -> OpaquePointer {
+            guard let map = bpf_object__find_map_by_name(object, name) else {
+                bpf_object__close(object)
+                throw TracerError("the BPF object has no map \"\(name)\"")
+            }
+            return map
+        }
+        do {
+            let connections = try map("conns")
+            let closed = try map("closed")
+            let stats = try map("stats")
+            try Self.checkLayout(connections, key: MemoryLayout<tcptop_conn_key>.size, value: MemoryLayout<tcptop_conn_value>.size)
+            for sized in [connections, closed] {
+                let err = bpf_map__set_max_entries(sized, options.mapCapacity)
+                if err != 0 { throw TracerError.libbpf("setting the map capacity", code: err) }
+            }
+            try Self.setSettings(object: object, tcptop_settings(target_tgid: options.targetPID, pad: 0))
+            let err = bpf_object__load(object)
+            if err != 0 { throw Self.loadError(err) }
+            connectionsFD = bpf_map__fd(connections)
+            closedFD = bpf_map__fd(closed)
+            statsFD = bpf_map__fd(stats)
+        } catch {
+            bpf_object__close(object)
+            throw error
+        }
+    }
+
+    deinit {
+        for link in links { bpf_link__destroy(link) }
+        bpf_object__close(object)
+        LibbpfLog.install(nil)
+    }
+
+    private func attachAll() throws {
+        var program = bpf_object__next_program(object, nil)
+        while let current = program {
+            guard let link = bpf_program__attach(current) else {
+                let name = String(cString: bpf_program__name(current))
+                throw TracerError.libbpf("attaching \(name)", code: -errno)
+            }
+            links.append(link)
+            program = bpf_object__next_program(object, current)
+        }
+    }
+
+    /// The key and value layout is declared once (bpf/tcptop_maps.h), but the
+    /// object is checked anyway: a mismatch would silently give wrong numbers.
+    private static func checkLayout(_ map: OpaquePointer, key: Int, value: Int) throws {
+        let keySize = Int(bpf_map__key_size(map)), valueSize = Int(bpf_map__value_size(map))
+        if keySize != key || valueSize != value {
+            throw TracerError("BPF map layout mismatch: key \(keySize)/\(key) bytes, value \(valueSize)/\(value) bytes")
+        }
+    }
+
+    private static func setSettings(object: OpaquePointer, _ settings: tcptop_settings) throws {
+        guard let rodata = bpf_object__find_map_by_name(object, ".rodata") else {
+            throw TracerError("the BPF object has no .rodata section for its settings")
+        }
+        var size = 0
+        guard bpf_map__initial_value(rodata, &size) != nil, size == MemoryLayout<tcptop_settings>.size else {
+            throw TracerError("the BPF object's .rodata is \(size) bytes, expected only tcptop_settings")
+        }
+        var copy = settings
+        let err = bpf_map__set_initial_value(rodata, &copy, size)
+        if err != 0 { throw TracerError.libbpf("setting the BPF settings", code: err) }
+    }
+
+    private static func loadError(_ code: Int32) -> TracerError {
+        if code == -EPERM || code == -EACCES {
+            return TracerError(
+                "loading BPF programs: \(libbpfErrorText(code)) (needs CAP_BPF and CAP_PERFMON, or root; a seccomp filter or lockdown may also forbid bpf())")
+        }
+        return TracerError.libbpf("loading BPF programs", code: code)
+    }
+}
+
+/// Routes libbpf's messages to the caller's logger. libbpf has one global
+/// print callback, so this is a process-wide setting.
+enum LibbpfLog {
+    nonisolated(unsafe) private static var sink: (@Sendable (String) -> Void)?
+
+    static func install(_ newSink: (@Sendable (String) -> Void)?) {
+        sink = newSink
+        tcptop_set_libbpf_logger(newSink == nil ? nil : { level, message in
+            // Debug chatter is dropped; warnings explain load failures.
+            guard level <= Int32(LIBBPF_INFO.rawValue), let message else { return }
+            let text = String(cString: message).trimmingCharacters(in: .whitespacesAndNewlines)
+            LibbpfLog.sink?("libbpf: " + text)
+        })
+    }
+}

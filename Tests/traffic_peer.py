@@ -1,0 +1,100 @@
+#!/usr/bin/python3
+"""A TCP peer with a chosen process name that moves a known number of bytes.
+
+The end-to-end tests run two of these (a server and a client) and compare
+what tcptop-exporter / tcptop report with the bytes they really moved.
+
+  traffic_peer.py serve   --family 4|6 --name NAME --receive N --send M [--peek]
+  traffic_peer.py connect --family 4|6 --name NAME --port P --send N --receive M
+
+Each prints one line `READY pid=<pid> port=<local port>` once its socket is
+set up, and `DONE` after the peer closed. Sends go out in random chunk sizes
+(seeded by --seed) so that many send/recv calls are summed.
+"""
+import argparse
+import ctypes
+import random
+import socket
+import sys
+import os
+
+PR_SET_NAME = 15
+
+
+def set_process_name(name):
+    raw = name.encode("utf-8", "surrogateescape")[:15]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0) != 0:
+        sys.exit("prctl failed")
+
+
+def send_exactly(sock, total, rng):
+    left = total
+    while left > 0:
+        chunk = min(left, rng.randint(1, 65536))
+        sock.sendall(b"x" * chunk)
+        left -= chunk
+
+
+def receive_exactly(sock, total):
+    left = total
+    while left > 0:
+        data = sock.recv(min(left, 1 << 20))
+        if not data:
+            sys.exit(f"peer closed with {left} bytes still expected")
+        left -= len(data)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["serve", "connect"])
+    parser.add_argument("--family", choices=["4", "6"], default="4")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--send", type=int, default=0)
+    parser.add_argument("--receive", type=int, default=0)
+    parser.add_argument("--peek", action="store_true", help="MSG_PEEK before the first receive")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--hold", action="store_true", help="after the transfer, wait for a line on stdin before closing")
+    args = parser.parse_args()
+
+    # Names given as \xNN escapes become raw bytes (a comm may hold any byte but NUL).
+    name = args.name.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+    set_process_name(name)
+    rng = random.Random(args.seed)
+    family = socket.AF_INET if args.family == "4" else socket.AF_INET6
+    loopback = "127.0.0.1" if args.family == "4" else "::1"
+
+    if args.mode == "serve":
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.bind((loopback, 0))
+        listener.listen(1)
+        print(f"READY pid={os.getpid()} port={listener.getsockname()[1]}", flush=True)
+        conn, _ = listener.accept()
+        listener.close()
+    else:
+        conn = socket.socket(family, socket.SOCK_STREAM)
+        conn.connect((loopback, args.port))
+        print(f"READY pid={os.getpid()} port={conn.getsockname()[1]}", flush=True)
+
+    if args.peek and args.receive > 0:
+        conn.recv(min(args.receive, 100), socket.MSG_PEEK)
+    if args.mode == "serve":
+        receive_exactly(conn, args.receive)
+        send_exactly(conn, args.send, rng)
+    else:
+        send_exactly(conn, args.send, rng)
+        receive_exactly(conn, args.receive)
+    if args.hold:
+        print("HOLDING", flush=True)
+        sys.stdin.readline()
+    conn.shutdown(socket.SHUT_WR)
+    # Wait for the peer's close (recv returns 0) so both sides end cleanly.
+    while conn.recv(65536):
+        pass
+    conn.close()
+    print("DONE", flush=True)
+
+
+if __name__ == "__main__":
+    main()
