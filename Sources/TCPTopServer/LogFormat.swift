@@ -1,18 +1,45 @@
 import Foundation
 import Logging
+import TCPTopCore
+
+/// Level and format, shared by every logger so that a reload changes them at once.
+public final class LogSettings: @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: (level: Logger.Level, format: LogFormat)
+
+    public init(level: LogLevel, format: LogFormat) {
+        current = (Self.swiftLogLevel(level), format)
+    }
+
+    public func set(level: LogLevel, format: LogFormat) {
+        lock.withLock { current = (Self.swiftLogLevel(level), format) }
+    }
+
+    var value: (level: Logger.Level, format: LogFormat) { lock.withLock { current } }
+
+    static func swiftLogLevel(_ level: LogLevel) -> Logger.Level {
+        switch level {
+        case .debug: .debug
+        case .info: .info
+        case .warn: .warning
+        case .error: .error
+        }
+    }
+}
 
 /// A swift-log backend writing one line per message to stderr (journald
 /// picks it up), as logfmt or JSON, like Prometheus exporters do.
 public struct LineLogHandler: LogHandler {
-    public enum Format: String, Sendable { case logfmt, json }
-
-    public var logLevel: Logger.Level
     public var metadata: Logger.Metadata = [:]
-    let format: Format
+    let settings: LogSettings
 
-    public init(level: Logger.Level, format: Format) {
-        self.logLevel = level
-        self.format = format
+    public init(settings: LogSettings) {
+        self.settings = settings
+    }
+
+    public var logLevel: Logger.Level {
+        get { settings.value.level }
+        set {}  // the level comes from the shared settings
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -27,7 +54,7 @@ public struct LineLogHandler: LogHandler {
         for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }).sorted(by: { $0.key < $1.key }) {
             fields.append((key, value.description))
         }
-        let line = format == .json ? Self.json(fields) : Self.logfmt(fields)
+        let line = settings.value.format == .json ? Self.json(fields) : Self.logfmt(fields)
         FileHandle.standardError.write(Data((line + "\n").utf8))
     }
 

@@ -37,19 +37,19 @@ struct ProcessMetrics {
     }
 
     func write(into writer: inout ExpositionWriter) {
-        writer.family(name: "process_cpu_seconds_total", help: "Total user and system CPU time spent in seconds.", type: "counter")
+        writer.family(name: "process_cpu_seconds_total", help: "Total user and system CPU time spent in seconds.", type: .counter)
         writer.sample(name: "process_cpu_seconds_total", labels: [], value: cpuSeconds)
-        writer.family(name: "process_resident_memory_bytes", help: "Resident memory size in bytes.", type: "gauge")
+        writer.family(name: "process_resident_memory_bytes", help: "Resident memory size in bytes.", type: .gauge)
         writer.sample(name: "process_resident_memory_bytes", labels: [], value: residentBytes)
-        writer.family(name: "process_virtual_memory_bytes", help: "Virtual memory size in bytes.", type: "gauge")
+        writer.family(name: "process_virtual_memory_bytes", help: "Virtual memory size in bytes.", type: .gauge)
         writer.sample(name: "process_virtual_memory_bytes", labels: [], value: virtualBytes)
-        writer.family(name: "process_open_fds", help: "Number of open file descriptors.", type: "gauge")
+        writer.family(name: "process_open_fds", help: "Number of open file descriptors.", type: .gauge)
         writer.sample(name: "process_open_fds", labels: [], value: UInt64(openFDs))
         if let maxFDs {
-            writer.family(name: "process_max_fds", help: "Maximum number of open file descriptors.", type: "gauge")
+            writer.family(name: "process_max_fds", help: "Maximum number of open file descriptors.", type: .gauge)
             writer.sample(name: "process_max_fds", labels: [], value: UInt64(maxFDs))
         }
-        writer.family(name: "process_start_time_seconds", help: "Start time of the process since unix epoch in seconds.", type: "gauge")
+        writer.family(name: "process_start_time_seconds", help: "Start time of the process since unix epoch in seconds.", type: .gauge)
         writer.sample(name: "process_start_time_seconds", labels: [], value: startTimeSeconds)
     }
 
@@ -67,7 +67,7 @@ struct ProcessMetrics {
 
     private static func maxOpenFDs() -> Int? {
         var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != RLIM_INFINITY else { return nil }
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return nil }
         return Int(limit.rlim_cur)
     }
 }

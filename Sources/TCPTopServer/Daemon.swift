@@ -1,0 +1,228 @@
+import Dispatch
+import Foundation
+import Logging
+import TCPTopBPF
+import TCPTopCore
+
+/// The exporter's life: load config → load and attach BPF → bind every
+/// listen address → READY=1 → serve, poll, ping the watchdog → on SIGTERM
+/// or SIGINT, STOPPING=1, stop serving, detach, exit 0. SIGHUP reloads.
+public final class Daemon: @unchecked Sendable {
+    /// What the command line says; flags override the config file.
+    public struct Options: Sendable {
+        public var configPath: String?
+        public var listenAddresses: [ListenAddress] = []
+        public var telemetryPath: String?
+        public var logLevel: LogLevel?
+        public var logFormat: LogFormat?
+        public init() {}
+    }
+
+    private let options: Options
+    private let notifier = SystemdNotifier()
+    private let logSettings: LogSettings
+    private let log: Logger
+    private let queue = DispatchQueue(label: "tcptop.daemon")
+    private let stopped = DispatchSemaphore(value: 0)
+    private var config: ExporterConfig
+    private var collector: MetricsCollector!
+    private var server: HTTPServer?
+    private var routes: Routes
+    private var timers: [DispatchSourceTimer] = []
+    private var signalSources: [DispatchSourceSignal] = []
+
+    /// Loads and checks the configuration; throws one line on a bad one.
+    public init(options: Options) throws {
+        self.options = options
+        let config = try Self.loadConfig(options)
+        self.config = config
+        logSettings = LogSettings(level: config.log.level, format: config.log.format)
+        let settings = logSettings
+        log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
+        routes = Routes(telemetryPath: config.web.telemetryPath)
+    }
+
+    static func loadConfig(_ options: Options) throws -> ExporterConfig {
+        var config = try ExporterConfig.load(path: options.configPath)
+        if !options.listenAddresses.isEmpty { config.web.listenAddresses = options.listenAddresses }
+        if let path = options.telemetryPath {
+            guard path.hasPrefix("/"), path != "/" else {
+                throw ConfigError(key: "--web.telemetry-path", problem: "must start with \"/\" and not be \"/\", got \"\(path)\"")
+            }
+            config.web.telemetryPath = path
+        }
+        if let level = options.logLevel { config.log.level = level }
+        if let format = options.logFormat { config.log.format = format }
+        return config
+    }
+
+    /// Runs until SIGTERM/SIGINT; returns the exit code.
+    public func run() -> Int32 {
+        log.info("starting", metadata: ["version": "\(tcptopVersion)", "kernel": "\(kernelRelease())"])
+        notifier.status("Loading BPF programs")
+        let tracer: TCPTracer
+        do {
+            let logger = log
+            tracer = try TCPTracer.start(.init(mapCapacity: UInt32(config.bpf.mapCapacity)),
+                                         log: { logger.debug("\($0)") })
+        } catch {
+            log.error("\(error)")
+            return 1
+        }
+        log.info("BPF programs attached", metadata: ["mode": "\(tracer.attachMode)", "map_capacity": "\(tracer.mapCapacity)"])
+        collector = MetricsCollector(
+            tracer: tracer, registry: ConnectionRegistry(config: config), version: tcptopVersion)
+
+        notifier.status("Binding \(config.web.listenAddresses.map(\.description).joined(separator: ", "))")
+        do {
+            server = try Self.bindServer(config.web, log: log)
+        } catch {
+            log.error("\(error)")
+            return 1
+        }
+        installSignalHandlers()
+        server?.start(handler: handler())
+        startTimers()
+        let listening = server?.boundAddresses.map(\.description).joined(separator: ", ") ?? ""
+        log.info("listening", metadata: ["address": "\(listening)", "telemetry_path": "\(config.web.telemetryPath)"])
+        notifier.ready(status: statusText())
+
+        stopped.wait()
+        notifier.stopping()
+        log.info("stopping")
+        queue.sync {
+            for timer in timers { timer.cancel() }
+        }
+        server?.stop()
+        server = nil
+        collector = nil  // the last reference to the tracer: its deinit detaches the programs
+        log.info("stopped; BPF programs detached")
+        return 0
+    }
+
+    private static func bindServer(_ web: WebConfig, log: Logger) throws -> HTTPServer {
+        var configuration = HTTPServer.Configuration()
+        configuration.maxConcurrentRequests = web.maxRequests
+        configuration.headReadTimeout = web.readTimeout
+        configuration.writeTimeout = web.writeTimeout
+        let addresses = web.listenAddresses.map { HTTPListenAddress(host: $0.host, port: $0.port) }
+        return try HTTPServer(listenAddresses: addresses, configuration: configuration, logger: log)
+    }
+
+    private func handler() -> HTTPHandler {
+        { [self] request in
+            let routes = queue.sync { self.routes }
+            return routes.respond(to: request, metrics: { self.collector.scrape() })
+        }
+    }
+
+    private func statusText() -> String {
+        let addresses = server?.boundAddresses.map(\.description).joined(separator: ", ") ?? ""
+        return "Serving \(config.web.telemetryPath) on \(addresses); \(collector.trackedConnections) connection ends tracked"
+    }
+
+    // MARK: Timers: polling and the watchdog
+
+    private func startTimers() {
+        let pollInterval = config.connections.pollInterval.inSeconds
+        timers.append(repeating(every: pollInterval) { [self] in
+            do {
+                try collector.poll()
+                notifier.status(statusText())
+            } catch {
+                log.warning("reading the kernel maps failed: \(error)")
+            }
+        })
+        if let watchdog = notifier.watchdogInterval() {
+            // Ping only while the kernel maps are being read: a stuck
+            // collector stops the pings and systemd restarts the daemon.
+            let healthyWithin = max(watchdog, 2 * pollInterval)
+            log.info("watchdog enabled", metadata: ["interval_seconds": "\(watchdog)"])
+            timers.append(repeating(every: watchdog / 2) { [self] in
+                if collector.secondsSinceLastRead <= healthyWithin { notifier.watchdogPing() }
+            })
+        }
+    }
+
+    private func repeating(every seconds: Double, _ work: @escaping @Sendable () -> Void) -> DispatchSourceTimer {
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + seconds, repeating: seconds, leeway: .milliseconds(100))
+        timer.setEventHandler(handler: work)
+        timer.resume()
+        return timer
+    }
+
+    // MARK: Signals
+
+    private func installSignalHandlers() {
+        for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
+            signal(signalNumber, SIG_IGN)  // delivered to the dispatch source instead
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
+            source.setEventHandler { [self] in
+                if signalNumber == SIGHUP {
+                    reload()
+                } else {
+                    source.cancel()
+                    stopped.signal()
+                }
+            }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+
+    /// Re-reads the config file. A bad config is logged and the running one kept.
+    /// Runs on `queue`.
+    private func reload() {
+        notifier.reloading()
+        log.info("reloading configuration", metadata: ["file": "\(options.configPath ?? "(none: defaults)")"])
+        defer { notifier.ready(status: statusText()) }
+        let new: ExporterConfig
+        do {
+            new = try Self.loadConfig(options)
+        } catch {
+            log.error("reload failed, keeping the running configuration: \(error)")
+            return
+        }
+        logSettings.set(level: new.log.level, format: new.log.format)
+        if new.bpf.mapCapacity != config.bpf.mapCapacity || new.views != config.views
+            || new.connections != config.connections {
+            log.warning("bpf, connections and views settings take effect at the next restart")
+        }
+        if new.web != config.web {
+            // Listeners are rebound only when the web settings changed; on
+            // failure the old ones are bound again.
+            server?.stop()
+            do {
+                server = try Self.bindServer(new.web, log: log)
+            } catch {
+                log.error("reload: \(error); keeping the previous listen addresses")
+                server = try? Self.bindServer(config.web, log: log)
+                server?.start(handler: handler())
+                var kept = new
+                kept.web = config.web
+                apply(kept)
+                return
+            }
+            server?.start(handler: handler())
+        }
+        apply(new)
+        log.info("configuration reloaded")
+    }
+
+    private func apply(_ new: ExporterConfig) {
+        var kept = new
+        // What only a restart can change stays as it runs (see reload()).
+        kept.bpf = config.bpf
+        kept.views = config.views
+        kept.connections = config.connections
+        config = kept
+        routes = Routes(telemetryPath: kept.web.telemetryPath)
+    }
+}
+
+func kernelRelease() -> String {
+    var names = utsname()
+    uname(&names)
+    return withUnsafeBytes(of: &names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+}

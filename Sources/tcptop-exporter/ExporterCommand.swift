@@ -1,0 +1,77 @@
+import ArgumentParser
+import Foundation
+import TCPTopCore
+import TCPTopServer
+
+/// Options only; behaviour lives in TCPTopServer.Daemon.
+@main
+struct ExporterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tcptop-exporter",
+        abstract: "Counts TCP bytes per connection and process with eBPF and serves them to Prometheus.",
+        discussion: "Needs root, or CAP_BPF and CAP_PERFMON. Linux >= 6.3 with BTF.",
+        version: tcptopVersion)
+
+    @Option(name: .customLong("web.listen-address"),
+            help: "Address to listen on, host:port; \":9435\" is every IPv4 and IPv6 address. Repeatable. (default: :9435)")
+    var listenAddresses: [String] = []
+
+    @Option(name: .customLong("web.telemetry-path"), help: "Path under which to expose metrics. (default: /metrics)")
+    var telemetryPath: String?
+
+    @Option(name: .customLong("config.file"), help: "YAML configuration file; embedded defaults when absent.")
+    var configFile: String?
+
+    @Option(name: .customLong("log.level"), help: "debug, info, warn or error. (default: info)")
+    var logLevel: String?
+
+    @Option(name: .customLong("log.format"), help: "logfmt or json. (default: logfmt)")
+    var logFormat: String?
+
+    /// Usage errors are one line and exit 2; --help and --version print and exit 0.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let code as ExitCode {
+            Foundation.exit(code.rawValue)
+        } catch {
+            if exitCode(for: error) == .success {
+                print(fullMessage(for: error))
+                Foundation.exit(0)
+            }
+            FileHandle.standardError.write(Data("tcptop-exporter: \(message(for: error))\n".utf8))
+            Foundation.exit(2)
+        }
+    }
+
+    func validate() throws {
+        if let logLevel, LogLevel(rawValue: logLevel) == nil {
+            throw ValidationError("--log.level must be one of debug, info, warn, error; got \"\(logLevel)\"")
+        }
+        if let logFormat, LogFormat(rawValue: logFormat) == nil {
+            throw ValidationError("--log.format must be logfmt or json; got \"\(logFormat)\"")
+        }
+    }
+
+    func run() throws {
+        var options = Daemon.Options()
+        options.configPath = configFile
+        options.telemetryPath = telemetryPath
+        options.logLevel = logLevel.flatMap(LogLevel.init(rawValue:))
+        options.logFormat = logFormat.flatMap(LogFormat.init(rawValue:))
+        do {
+            options.listenAddresses = try listenAddresses.map(ListenAddress.parse)
+        } catch {
+            throw ValidationError("--web.listen-address: \(error)")
+        }
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(options: options)
+        } catch {
+            FileHandle.standardError.write(Data("tcptop-exporter: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        throw ExitCode(daemon.run())
+    }
+}
