@@ -1,0 +1,106 @@
+/// The daemon configuration. Every value has a default (these are the
+/// embedded defaults; Config/tcptop-exporter.yml documents the same ones).
+/// The command line overrides some fields after loading, hence `var`s.
+public struct ExporterConfig: Equatable, Sendable {
+    public var web = WebConfig()
+    public var bpf = BPFConfig()
+    public var connections = ConnectionsConfig()
+    public var views: [ViewConfig] = [ViewConfig()]
+    public var log = LogConfig()
+
+    public init() {}
+}
+
+public struct WebConfig: Equatable, Sendable {
+    public static let defaultPort: UInt16 = 9435
+
+    /// Where the HTTP server listens; `host == nil` means all IPv4 and IPv6 addresses.
+    public var listenAddresses = [ListenAddress(host: nil, port: WebConfig.defaultPort)]
+    public var telemetryPath = "/metrics"
+    /// Concurrent requests served before answering 503.
+    public var maxRequests = 40
+    /// A client must send its whole request head within this.
+    public var readTimeout: Duration = .seconds(10)
+    public var writeTimeout: Duration = .seconds(30)
+
+    public init() {}
+}
+
+public struct BPFConfig: Equatable, Sendable {
+    public static let mapCapacityRange = 1...16_777_216
+
+    /// Connection ends the kernel map holds.
+    public var mapCapacity = 65536
+
+    public init() {}
+}
+
+public struct ConnectionsConfig: Equatable, Sendable {
+    /// How long a closed connection's series stays after its last activity.
+    public var closedRetention: Duration = .seconds(300)
+    /// How often closed connections are collected between scrapes.
+    public var pollInterval: Duration = .seconds(5)
+
+    public init() {}
+}
+
+/// The labels a connection end has, in the order views write them.
+public enum ConnectionLabel: String, CaseIterable, Sendable {
+    case pid, comm, family, laddr, lport, raddr, rport
+}
+
+/// One set of metric families: connection ends whose kept labels are equal
+/// are summed into one series.
+public struct ViewConfig: Equatable, Sendable {
+    /// Families are `<prefix>_sent_bytes_total` and `<prefix>_received_bytes_total`.
+    public var prefix = "tcptop"
+    /// Kept labels, in `ConnectionLabel.allCases` order.
+    public var labels = ConnectionLabel.allCases
+    /// At most this many series (0 = no limit); further label sets share one overflow series.
+    public var maxSeries = 0
+
+    public init(prefix: String = "tcptop", labels: [ConnectionLabel] = ConnectionLabel.allCases, maxSeries: Int = 0) {
+        self.prefix = prefix
+        self.labels = labels
+        self.maxSeries = maxSeries
+    }
+}
+
+public enum LogLevel: String, CaseIterable, Sendable {
+    case debug, info, warn, error
+}
+
+public enum LogFormat: String, CaseIterable, Sendable {
+    case logfmt, json
+}
+
+public struct LogConfig: Equatable, Sendable {
+    public var level = LogLevel.info
+    public var format = LogFormat.logfmt
+
+    public init() {}
+}
+
+/// A configuration problem, described in one line that names the key.
+public struct ConfigError: Error, Equatable, CustomStringConvertible {
+    /// Dotted path of the offending key, like `views[1].prefix`; empty for the whole file.
+    public var key: String
+    public var problem: String
+
+    public init(key: String, problem: String) {
+        self.key = key
+        self.problem = problem
+    }
+
+    public var description: String {
+        key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)"
+    }
+}
+
+extension Duration {
+    /// The duration as (fractional) seconds, for clocks kept as `Double`.
+    public var inSeconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) * 1e-18
+    }
+}

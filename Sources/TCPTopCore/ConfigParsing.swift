@@ -1,0 +1,224 @@
+import Foundation
+import Yams
+
+extension ExporterConfig {
+    /// The configuration in the file at `path`, or the defaults when `path` is nil.
+    public static func load(path: String?) throws -> ExporterConfig {
+        guard let path else { return ExporterConfig() }
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(key: "", problem: "cannot read \(path): \(oneLine(error))")
+        }
+        return try parse(yaml: text)
+    }
+
+    /// Parses YAML strictly: unknown keys, wrong types and bad values throw a `ConfigError`.
+    /// Keys left out keep their defaults; an empty document is all defaults.
+    public static func parse(yaml: String) throws -> ExporterConfig {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            throw ConfigError(key: "", problem: "invalid YAML: \(oneLine(error))")
+        }
+        var config = ExporterConfig()
+        guard let root else { return config }
+        let top = try fields(of: root, at: "", known: ["web", "bpf", "connections", "views", "log"])
+        if let web = top["web"] { config.web = try parseWeb(web) }
+        if let bpf = top["bpf"] { config.bpf = try parseBPF(bpf) }
+        if let connections = top["connections"] { config.connections = try parseConnections(connections) }
+        if let views = top["views"] { config.views = try parseViews(views) }
+        if let log = top["log"] { config.log = try parseLog(log) }
+        return config
+    }
+}
+
+private func parseWeb(_ section: Field) throws -> WebConfig {
+    var web = WebConfig()
+    let keys = try fields(
+        of: section.node, at: section.key,
+        known: ["listen_addresses", "telemetry_path", "max_requests", "read_timeout", "write_timeout"])
+    if let field = keys["listen_addresses"] {
+        let items = try list(field, expected: "a list of host:port addresses")
+        guard !items.isEmpty else { throw field.error("must list at least one address") }
+        var seen = Set<ListenAddress>()
+        web.listenAddresses = try items.map { item in
+            let text = try scalar(item, expected: "a host:port address")
+            let address: ListenAddress
+            do { address = try ListenAddress.parse(text) } catch { throw item.error("\(error)") }
+            guard seen.insert(address).inserted else { throw item.error("\"\(text)\" is listed twice") }
+            return address
+        }
+    }
+    if let field = keys["telemetry_path"] {
+        let expected = "a path that starts with \"/\" and is not \"/\""
+        let path = try scalar(field, expected: expected)
+        guard path.hasPrefix("/"), path != "/", !path.contains(where: { $0.isWhitespace || $0 == "?" || $0 == "#" })
+        else { throw field.error("must be \(expected), without spaces, \"?\" or \"#\", got \"\(path)\"") }
+        web.telemetryPath = path
+    }
+    if let field = keys["max_requests"] { web.maxRequests = try integer(field, in: 1...1_000_000) }
+    if let field = keys["read_timeout"] { web.readTimeout = try positiveDuration(field) }
+    if let field = keys["write_timeout"] { web.writeTimeout = try positiveDuration(field) }
+    return web
+}
+
+private func parseBPF(_ section: Field) throws -> BPFConfig {
+    var bpf = BPFConfig()
+    let keys = try fields(of: section.node, at: section.key, known: ["map_capacity"])
+    if let field = keys["map_capacity"] { bpf.mapCapacity = try integer(field, in: BPFConfig.mapCapacityRange) }
+    return bpf
+}
+
+private func parseConnections(_ section: Field) throws -> ConnectionsConfig {
+    var connections = ConnectionsConfig()
+    let keys = try fields(of: section.node, at: section.key, known: ["closed_retention", "poll_interval"])
+    if let field = keys["closed_retention"] { connections.closedRetention = try positiveDuration(field) }
+    if let field = keys["poll_interval"] { connections.pollInterval = try positiveDuration(field) }
+    return connections
+}
+
+private func parseLog(_ section: Field) throws -> LogConfig {
+    var log = LogConfig()
+    let keys = try fields(of: section.node, at: section.key, known: ["level", "format"])
+    if let field = keys["level"] { log.level = try choice(field) }
+    if let field = keys["format"] { log.format = try choice(field) }
+    return log
+}
+
+private func parseViews(_ field: Field) throws -> [ViewConfig] {
+    let items = try list(field, expected: "a list of views")
+    guard !items.isEmpty else { throw field.error("must list at least one view") }
+    var prefixUsers: [String: String] = [:]
+    return try items.map { item in
+        let view = try parseView(item)
+        if let first = prefixUsers[view.prefix] {
+            throw ConfigError(key: item.key + ".prefix", problem: "\"\(view.prefix)\" is already used by \(first)")
+        }
+        prefixUsers[view.prefix] = item.key
+        return view
+    }
+}
+
+private func parseView(_ item: Field) throws -> ViewConfig {
+    guard item.node.mapping != nil else { throw item.error("must be a mapping of prefix, labels, max_series, got \(describe(item.node))") }
+    var view = ViewConfig()
+    let keys = try fields(of: item.node, at: item.key, known: ["prefix", "labels", "max_series"])
+    if let field = keys["prefix"] {
+        let expected = "a metric name prefix matching [a-zA-Z_:][a-zA-Z0-9_:]*"
+        let prefix = try scalar(field, expected: expected)
+        guard isMetricNamePrefix(prefix) else { throw field.error("must be \(expected), got \"\(prefix)\"") }
+        view.prefix = prefix
+    }
+    if let field = keys["labels"] {
+        var kept = Set<ConnectionLabel>()
+        for labelItem in try list(field, expected: "a list of labels") {
+            let label: ConnectionLabel = try choice(labelItem)
+            guard kept.insert(label).inserted else { throw labelItem.error("\"\(label.rawValue)\" is listed twice") }
+        }
+        // Labels are always written in one canonical order, whatever order the file lists them in.
+        view.labels = ConnectionLabel.allCases.filter(kept.contains)
+    }
+    if let field = keys["max_series"] {
+        view.maxSeries = try integer(field, in: 0...Int(Int32.max), note: " (0 = no limit)")
+    }
+    return view
+}
+
+private func isMetricNamePrefix(_ text: String) -> Bool {
+    func isStart(_ byte: UInt8) -> Bool {
+        (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+            || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ":")
+    }
+    guard let first = text.utf8.first, isStart(first) else { return false }
+    return text.utf8.allSatisfy { isStart($0) || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) }
+}
+
+// MARK: - Typed readers of YAML nodes
+
+/// A node with the dotted path that names it in errors, like `views[0].labels`.
+private struct Field {
+    var node: Node
+    var key: String
+
+    func error(_ problem: String) -> ConfigError { ConfigError(key: key, problem: problem) }
+}
+
+/// The keys of a mapping, after rejecting unknown, duplicate and non-string keys.
+/// A null section (every key commented out) reads as an empty mapping.
+private func fields(of node: Node, at path: String, known: [String]) throws -> [String: Field] {
+    let here = Field(node: node, key: path)
+    if isNull(node) { return [:] }
+    guard let mapping = node.mapping else {
+        throw here.error("must be a mapping with keys \(known.joined(separator: ", ")), got \(describe(node))")
+    }
+    var result: [String: Field] = [:]
+    for (keyNode, value) in mapping {
+        guard let name = keyNode.scalar?.string else {
+            throw here.error("keys must be plain names, got \(describe(keyNode))")
+        }
+        let field = Field(node: value, key: path.isEmpty ? name : "\(path).\(name)")
+        guard known.contains(name) else {
+            throw field.error("unknown key (known keys here: \(known.joined(separator: ", ")))")
+        }
+        guard result[name] == nil else { throw field.error("given more than once") }
+        result[name] = field
+    }
+    return result
+}
+
+private func isNull(_ node: Node) -> Bool {
+    node.scalar != nil && node.tag == Tag(.null)
+}
+
+private func describe(_ node: Node) -> String {
+    if isNull(node) { return "nothing" }
+    if let scalar = node.scalar { return "\"\(scalar.string)\"" }
+    return node.mapping != nil ? "a mapping" : "a list"
+}
+
+private func scalar(_ field: Field, expected: String) throws -> String {
+    guard !isNull(field.node), let scalar = field.node.scalar else {
+        throw field.error("must be \(expected), got \(describe(field.node))")
+    }
+    return scalar.string
+}
+
+private func list(_ field: Field, expected: String) throws -> [Field] {
+    guard let sequence = field.node.sequence else {
+        throw field.error("must be \(expected), got \(describe(field.node))")
+    }
+    return sequence.enumerated().map { Field(node: $1, key: "\(field.key)[\($0)]") }
+}
+
+private func integer(_ field: Field, in range: ClosedRange<Int>, note: String = "") throws -> Int {
+    let expected = "an integer between \(range.lowerBound) and \(range.upperBound)\(note)"
+    let text = try scalar(field, expected: expected)
+    guard let value = Int(text), range.contains(value) else {
+        throw field.error("must be \(expected), got \"\(text)\"")
+    }
+    return value
+}
+
+private func positiveDuration(_ field: Field) throws -> Duration {
+    let expected = "a duration like 500ms, 30s, 5m, 1h or 1m30s"
+    let text = try scalar(field, expected: expected)
+    guard let duration = parseDuration(text) else { throw field.error("must be \(expected), got \"\(text)\"") }
+    guard duration > .zero else { throw field.error("must be longer than zero, got \"\(text)\"") }
+    return duration
+}
+
+private func choice<Choice: CaseIterable & RawRepresentable>(_ field: Field) throws -> Choice
+where Choice.RawValue == String {
+    let expected = "one of " + Choice.allCases.map(\.rawValue).joined(separator: ", ")
+    let text = try scalar(field, expected: expected)
+    guard let value = Choice(rawValue: text) else { throw field.error("must be \(expected), got \"\(text)\"") }
+    return value
+}
+
+/// Error texts (Yams adds a source snippet on later lines) cut to their first line.
+private func oneLine(_ error: Error) -> String {
+    String(describing: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "unknown error"
+}

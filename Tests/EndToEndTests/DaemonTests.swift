@@ -1,0 +1,178 @@
+import Foundation
+import Glibc
+import TCPTopCore
+import Testing
+
+/// The real daemon, as a child process: READY=1 over a test NOTIFY_SOCKET,
+/// exact bytes in /metrics for traffic between named processes, promtool,
+/// reload, and a clean stop.
+@Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))
+struct DaemonTests {
+    /// Process names that stress label escaping: quote, backslash, newline,
+    /// and a byte that is not UTF-8. (argument for traffic_peer.py, bytes the kernel holds)
+    static let awkwardNames: [(argument: String, bytes: [UInt8])] = [
+        ("tt\"quote", Array("tt\"quote".utf8)),
+        ("tt\\\\back", Array("tt\\back".utf8)),
+        ("tt\\nline", Array("tt\nline".utf8)),
+        ("tt\\xffbyte", [0x74, 0x74, 0xff, 0x62, 0x79, 0x74, 0x65]),
+    ]
+
+    @Test func servesExactBytesThenStopsCleanly() throws {
+        let daemon = try ExporterProcess()
+        try daemon.waitReady()
+
+        var exchanges: [(TrafficPeers.Exchange, clientComm: [UInt8])] = []
+        for (index, family) in ["4", "6", "4", "6"].enumerated() {
+            let exchange = try TrafficPeers.exchange(
+                family: family, clientName: Self.awkwardNames[index].argument, serverName: "tt-server-\(index)",
+                clientSends: UInt64(1 + index * 250_001), serverSends: UInt64(123_457 * (index + 1)), seed: index)
+            exchanges.append((exchange, Self.awkwardNames[index].bytes))
+        }
+        let reply = try daemon.get()
+        #expect(reply.status == 200)
+        #expect(reply.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8")
+        let samples = try ExpositionParser.parse(String(decoding: reply.body, as: UTF8.self))
+        var checked = 0
+        for (exchange, clientComm) in exchanges {
+            let family = exchange.family == "4" ? "ipv4" : "ipv6"
+            let client = [
+                "pid": "\(exchange.clientPID)", "comm": String(decoding: clientComm, as: UTF8.self), "family": family,
+                "laddr": exchange.loopback, "lport": "\(exchange.clientPort)",
+                "raddr": exchange.loopback, "rport": "\(exchange.serverPort)",
+            ]
+            let server = [
+                "pid": "\(exchange.serverPID)", "comm": exchange.serverName, "family": family,
+                "laddr": exchange.loopback, "lport": "\(exchange.serverPort)",
+                "raddr": exchange.loopback, "rport": "\(exchange.clientPort)",
+            ]
+            #expect(value(samples, "tcptop_sent_bytes_total", client) == Double(exchange.clientSent))
+            #expect(value(samples, "tcptop_received_bytes_total", client) == Double(exchange.serverSent))
+            #expect(value(samples, "tcptop_sent_bytes_total", server) == Double(exchange.serverSent))
+            #expect(value(samples, "tcptop_received_bytes_total", server) == Double(exchange.clientSent))
+            checked += 2
+        }
+        #expect(checked == 8)
+        try expectPromtoolAccepts(reply.body)
+        #expect(value(samples, "tcptop_exporter_attach_mode", ["mode": "tp_btf"]) == 1)
+        #expect((value(samples, "process_resident_memory_bytes", [:]) ?? 0) > 1_000_000)
+
+        let programIDs = bpfProgramIDs(ofProcess: daemon.process.processIdentifier)
+        #expect(programIDs.count == 3, "send, receive and destroy programs are loaded")
+        daemon.signal(SIGTERM)
+        _ = try daemon.notify.wait(for: "STOPPING=1")
+        #expect(try daemon.waitExit() == 0)
+        for id in programIDs {
+            #expect(run("/usr/sbin/bpftool", ["prog", "show", "id", "\(id)"]).status != 0, "program \(id) is gone")
+        }
+    }
+
+    @Test func closedConnectionsStayForTheRetentionThenGo() throws {
+        let config = try writeConfig("connections:\n  closed_retention: 1500ms\n  poll_interval: 200ms\n")
+        let daemon = try ExporterProcess(arguments: ["--config.file", config])
+        try daemon.waitReady()
+        let exchange = try TrafficPeers.exchange(
+            family: "4", clientName: "tt-retain-c", serverName: "tt-retain-s", clientSends: 777, serverSends: 5)
+        let labels = ["pid": "\(exchange.clientPID)", "comm": "tt-retain-c"]
+        // The peers have exited: their sockets are closed, and still served.
+        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == 777)
+        usleep(800_000)
+        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == 777)
+        usleep(1_500_000)
+        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == nil)
+    }
+
+    @Test func aBadConfigOnReloadIsLoggedAndTheOldOneKept() throws {
+        let path = try writeConfig("log:\n  level: info\n")
+        let daemon = try ExporterProcess(arguments: ["--config.file", path])
+        try daemon.waitReady()
+        try "bpf:\n  map_capacity: lots\n".write(toFile: path, atomically: true, encoding: .utf8)
+        daemon.signal(SIGHUP)
+        _ = try daemon.notify.wait(for: "RELOADING=1")
+        usleep(300_000)
+        #expect(daemon.log.contains("reload failed, keeping the running configuration"))
+        #expect(daemon.log.contains("bpf.map_capacity"))
+        #expect(try daemon.get().status == 200)
+        #expect(try daemon.get("/", host: "::1").status == 200)
+    }
+
+    @Test func routesAnswerLikeAnExporter() throws {
+        let daemon = try ExporterProcess(arguments: ["--web.telemetry-path=/probe"])
+        try daemon.waitReady()
+        let landing = try daemon.get("/")
+        #expect(landing.status == 200)
+        #expect(String(decoding: landing.body, as: UTF8.self).contains("href=\"/probe\""))
+        #expect(try daemon.get("/probe").status == 200)
+        #expect(try daemon.get("/metrics").status == 404)
+        let post = try HTTPReply.fetch(host: "127.0.0.1", port: daemon.port, path: "/probe", method: "POST")
+        #expect(post.status == 405)
+        let gzipped = try daemon.get("/probe", headers: ["Accept-Encoding: gzip"])
+        #expect(gzipped.headers["content-encoding"] == "gzip")
+        #expect(gzipped.body.starts(with: [0x1f, 0x8b]))
+    }
+
+    @Test func startupErrorsAreOneLineAndNeverReady() throws {
+        // A bad config file: exit 2, one line naming the key.
+        let bad = try writeConfig("web:\n  telemetry_path: metrics\n")
+        let badConfig = run(ExporterProcess.binary("tcptop-exporter"), ["--config.file", bad])
+        #expect(badConfig.status == 2)
+        #expect(badConfig.stderr.split(separator: "\n").count == 1)
+        #expect(badConfig.stderr.contains("web.telemetry_path"))
+
+        // The port is taken: exit 1 and the address in the error.
+        let first = try ExporterProcess()
+        try first.waitReady()
+        let second = try ExporterProcess(port: first.port)
+        #expect(try second.waitExit() == 1)
+        #expect(second.log.contains("Address already in use"))
+        #expect(!second.notify.messages.contains { $0.contains("READY=1") })
+
+        // No privileges: the missing capability is named.
+        let unprivileged = run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
+                                                     ExporterProcess.binary("tcptop-exporter"), "--web.listen-address=127.0.0.1:0"])
+        #expect(unprivileged.status == 1)
+        #expect(unprivileged.stderr.contains("missing capability CAP_BPF and CAP_PERFMON"))
+    }
+}
+
+func value(_ samples: [ParsedSample], _ name: String, _ labels: [String: String]) -> Double? {
+    samples.first { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }?.value
+}
+
+func writeConfig(_ text: String) throws -> String {
+    let path = NSTemporaryDirectory() + "tcptop-config-\(UInt32.random(in: 0...UInt32.max)).yml"
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
+func expectPromtoolAccepts(_ body: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let file = NSTemporaryDirectory() + "tcptop-metrics-\(UInt32.random(in: 0...UInt32.max)).txt"
+    try Data(body).write(to: URL(fileURLWithPath: file))
+    let result = run("/bin/sh", ["-c", "promtool check metrics < \(file)"])
+    #expect(result.status == 0, "promtool: \(result.stdout) \(result.stderr)", sourceLocation: sourceLocation)
+}
+
+/// The ids of the BPF programs a process holds open, from its fdinfo.
+func bpfProgramIDs(ofProcess pid: Int32) -> [Int] {
+    let directory = "/proc/\(pid)/fdinfo"
+    let fds = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+    return fds.compactMap { fd -> Int? in
+        guard let info = try? String(contentsOfFile: "\(directory)/\(fd)", encoding: .utf8) else { return nil }
+        return info.split(separator: "\n").first { $0.hasPrefix("prog_id:") }
+            .flatMap { Int($0.dropFirst("prog_id:".count).trimmingCharacters(in: .whitespaces)) }
+    }
+}
+
+@discardableResult
+func run(_ executable: String, _ arguments: [String]) -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    do { try process.run() } catch { return (-1, "", "\(error)") }
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+}

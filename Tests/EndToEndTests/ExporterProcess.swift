@@ -1,0 +1,140 @@
+import Foundation
+import Glibc
+import TCPTopCore
+
+/// The built tcptop-exporter binary, run as a child with a test NOTIFY_SOCKET.
+final class ExporterProcess {
+    /// Executables are built next to the test bundle.
+    static let buildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    static func binary(_ name: String) -> String { buildDirectory.appending(path: name).path }
+
+    let process = Process()
+    let notify: NotifySocket
+    let port: UInt16
+    private let stderrFile: URL
+
+    /// Starts the daemon on a free loopback port; does not wait for READY.
+    init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort()) throws {
+        notify = try NotifySocket()
+        self.port = port
+        stderrFile = URL(fileURLWithPath: NSTemporaryDirectory() + "tcptop-exporter-\(port).log")
+        FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+        process.executableURL = URL(fileURLWithPath: Self.binary("tcptop-exporter"))
+        process.arguments = ["--web.listen-address=127.0.0.1:\(port)", "--web.listen-address=[::1]:\(port)"] + arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["NOTIFY_SOCKET"] = notify.path
+        process.environment = environment
+        process.standardError = try FileHandle(forWritingTo: stderrFile)
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    var log: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }
+
+    func waitReady() throws {
+        _ = try notify.wait(for: "READY=1")
+    }
+
+    /// GET over a real socket; returns (status line, headers, body).
+    func get(_ path: String = "/metrics", host: String = "127.0.0.1", headers: [String] = []) throws -> HTTPReply {
+        try HTTPReply.fetch(host: host, port: port, path: path, headers: headers)
+    }
+
+    func metrics() throws -> [ParsedSample] {
+        let reply = try get()
+        guard reply.status == 200 else { throw PeerError(description: "scrape answered \(reply.status)") }
+        return try ExpositionParser.parse(String(decoding: reply.body, as: UTF8.self))
+    }
+
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    func waitExit(timeout: Double = 10) throws -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        guard !process.isRunning else { throw PeerError(description: "daemon did not exit within \(timeout) s") }
+        return process.terminationStatus
+    }
+
+    static func freePort() -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                _ = bind(fd, $0, length)
+                _ = getsockname(fd, $0, &length)
+            }
+        }
+        return UInt16(bigEndian: address.sin_port)
+    }
+}
+
+/// A minimal HTTP/1.1 client on a raw socket (Connection: close).
+struct HTTPReply {
+    var status: Int
+    var headers: [String: String]
+    var body: [UInt8]
+
+    static func fetch(host: String, port: UInt16, path: String, method: String = "GET", headers: [String] = []) throws -> HTTPReply {
+        let raw = try exchange(host: host, port: port,
+                               request: "\(method) \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n"
+                                   + headers.map { $0 + "\r\n" }.joined() + "\r\n")
+        guard let split = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { throw PeerError(description: "no HTTP head") }
+        let head = String(decoding: raw[..<split.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+        let status = Int(head[0].split(separator: " ")[1]) ?? 0
+        var fields: [String: String] = [:]
+        for line in head.dropFirst() {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            if parts.count == 2 { fields[parts[0].lowercased()] = parts[1].trimmingCharacters(in: .whitespaces) }
+        }
+        return HTTPReply(status: status, headers: fields, body: Array(raw[split.upperBound...]))
+    }
+
+    /// Sends `request` and reads until the server closes.
+    static func exchange(host: String, port: UInt16, request: String) throws -> [UInt8] {
+        let family = host.contains(":") ? AF_INET6 : AF_INET
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let connected: Int32
+        if family == AF_INET {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            inet_pton(AF_INET, host, &address.sin_addr)
+            connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        } else {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = port.bigEndian
+            inet_pton(AF_INET6, host, &address.sin6_addr)
+            connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+        }
+        guard connected == 0 else { throw PeerError(description: "connect \(host):\(port): \(String(cString: strerror(errno)))") }
+        let bytes = Array(request.utf8)
+        guard send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else { throw PeerError(description: "send failed") }
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            reply += buffer[0..<count]
+        }
+        return reply
+    }
+}

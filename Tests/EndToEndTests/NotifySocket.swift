@@ -1,0 +1,46 @@
+import Foundation
+import Glibc
+
+/// A NOTIFY_SOCKET like systemd's: a datagram socket the daemon under test
+/// sends its sd_notify messages to.
+final class NotifySocket {
+    let path: String
+    private let fd: Int32
+    private(set) var messages: [String] = []
+
+    init() throws {
+        path = NSTemporaryDirectory() + "tcptop-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0 else { throw PeerError(description: "bind notify socket: \(String(cString: strerror(errno)))") }
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    /// Waits until a message containing `text` arrives; returns that message.
+    func wait(for text: String, timeout: Double = 10) throws -> String {
+        if let earlier = messages.first(where: { $0.contains(text) }) { return earlier }
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            var pollFD = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pollFD, 1, 100) > 0 else { continue }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { continue }
+            let message = String(decoding: buffer[0..<count], as: UTF8.self)
+            messages.append(message)
+            if message.contains(text) { return message }
+        }
+        throw PeerError(description: "no sd_notify message with \(text) within \(timeout) s; got \(messages)")
+    }
+}
