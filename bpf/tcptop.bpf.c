@@ -51,6 +51,14 @@ struct {
 	__type(value, __u8);
 } tracked SEC(".maps");
 
+/* The cgroup v2 directory of tcptop -c, when settings.filter_cgroup is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cgroup_filter SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TCPTOP_STAT_COUNT);
@@ -125,6 +133,8 @@ static __always_inline int count(struct sock *sk, int ret, bool is_send)
 		return 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (settings.target_tgid && tgid != settings.target_tgid)
+		return 0;
+	if (settings.filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
 		return 0;
 	struct tcptop_conn_key key = { .cookie = bpf_get_socket_cookie(sk), .tgid = tgid };
 	struct tcptop_conn_value *value = bpf_map_lookup_elem(&conns, &key);

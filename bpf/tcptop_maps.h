@@ -46,7 +46,7 @@ enum tcptop_stat {
  * whole .rodata section, set by user space before load. 0 = no filter. */
 struct tcptop_settings {
 	__u32 target_tgid;
-	__u32 pad;
+	__u32 filter_cgroup; /* 1: only tasks under the cgroup in "cgroup_filter" */
 };
 
 _Static_assert(sizeof(struct tcptop_settings) == 8, "settings layout");

@@ -11,9 +11,12 @@ public final class TCPTracer {
         public var mapCapacity: UInt32 = 65536
         /// Count only this process (0 = every process).
         public var targetPID: UInt32 = 0
-        public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0) {
+        /// Count only tasks in this cgroup v2 directory (or below it).
+        public var cgroupPath: String?
+        public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0, cgroupPath: String? = nil) {
             self.mapCapacity = mapCapacity
             self.targetPID = targetPID
+            self.cgroupPath = cgroupPath
         }
     }
 
@@ -75,9 +78,11 @@ public final class TCPTracer {
                 let err = bpf_map__set_max_entries(sized, options.mapCapacity)
                 if err != 0 { throw TracerError.libbpf("setting the map capacity", code: err) }
             }
-            try Self.setSettings(object: object, tcptop_settings(target_tgid: options.targetPID, pad: 0))
+            try Self.setSettings(object: object, tcptop_settings(
+                target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1))
             let err = bpf_object__load(object)
             if err != 0 { throw Self.loadError(err) }
+            if let path = options.cgroupPath { try Self.setCgroupFilter(object: object, path: path) }
             connectionsFD = bpf_map__fd(connections)
             closedFD = bpf_map__fd(closed)
             statsFD = bpf_map__fd(stats)
@@ -125,6 +130,19 @@ public final class TCPTracer {
         var copy = settings
         let err = bpf_map__set_initial_value(rodata, &copy, size)
         if err != 0 { throw TracerError.libbpf("setting the BPF settings", code: err) }
+    }
+
+    private static func setCgroupFilter(object: OpaquePointer, path: String) throws {
+        let cgroupFD = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard cgroupFD >= 0 else { throw TracerError("cgroup \(path): \(String(cString: strerror(errno)))") }
+        defer { close(cgroupFD) }
+        guard let map = bpf_object__find_map_by_name(object, "cgroup_filter") else {
+            throw TracerError("the BPF object has no map \"cgroup_filter\"")
+        }
+        var key: UInt32 = 0
+        var value = UInt32(cgroupFD)
+        let err = bpf_map_update_elem(bpf_map__fd(map), &key, &value, UInt64(BPF_ANY))
+        if err != 0 { throw TracerError.libbpf("cgroup \(path) (is it a cgroup v2 directory?)", code: err) }
     }
 
     private static func loadError(_ code: Int32) -> TracerError {

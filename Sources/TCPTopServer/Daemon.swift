@@ -27,7 +27,9 @@ public final class Daemon: @unchecked Sendable {
     private var config: ExporterConfig
     private var collector: MetricsCollector!
     private var server: HTTPServer?
+    private let routesLock = NSLock()
     private var routes: Routes
+    private var lastStatus = ""
     private var timers: [DispatchSourceTimer] = []
     private var signalSources: [DispatchSourceSignal] = []
 
@@ -111,7 +113,7 @@ public final class Daemon: @unchecked Sendable {
 
     private func handler() -> HTTPHandler {
         { [self] request in
-            let routes = queue.sync { self.routes }
+            let routes = routesLock.withLock { self.routes }
             return routes.respond(to: request, metrics: { self.collector.scrape() })
         }
     }
@@ -128,7 +130,12 @@ public final class Daemon: @unchecked Sendable {
         timers.append(repeating(every: pollInterval) { [self] in
             do {
                 try collector.poll()
-                notifier.status(statusText())
+                // Only changes are sent: sd_notify blocks when nobody reads.
+                let status = statusText()
+                if status != lastStatus {
+                    notifier.status(status)
+                    lastStatus = status
+                }
             } catch {
                 log.warning("reading the kernel maps failed: \(error)")
             }
@@ -217,7 +224,7 @@ public final class Daemon: @unchecked Sendable {
         kept.views = config.views
         kept.connections = config.connections
         config = kept
-        routes = Routes(telemetryPath: kept.web.telemetryPath)
+        routesLock.withLock { routes = Routes(telemetryPath: kept.web.telemetryPath) }
     }
 }
 

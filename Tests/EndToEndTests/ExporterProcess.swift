@@ -34,6 +34,7 @@ final class ExporterProcess {
             process.terminate()
             process.waitUntilExit()
         }
+        notify.close()
     }
 
     var log: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }

@@ -2,11 +2,16 @@ import Foundation
 import Glibc
 
 /// A NOTIFY_SOCKET like systemd's: a datagram socket the daemon under test
-/// sends its sd_notify messages to.
-final class NotifySocket {
+/// sends its sd_notify messages to. Like systemd, it reads all the time (a
+/// background thread), so the sender never finds the socket full.
+final class NotifySocket: @unchecked Sendable {
     let path: String
     private let fd: Int32
-    private(set) var messages: [String] = []
+    private let lock = NSCondition()
+    private var received: [String] = []
+    private var closed = false
+
+    var messages: [String] { lock.withLock { received } }
 
     init() throws {
         path = NSTemporaryDirectory() + "tcptop-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -20,27 +25,44 @@ final class NotifySocket {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard bound == 0 else { throw PeerError(description: "bind notify socket: \(String(cString: strerror(errno)))") }
+        Thread.detachNewThread { [self] in receiveLoop() }
     }
 
     deinit {
-        close(fd)
         unlink(path)
+    }
+
+    /// Ends the reader thread, which closes the socket.
+    func close() {
+        lock.withLock { closed = true }
+    }
+
+    private func receiveLoop() {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !lock.withLock({ closed }) {
+            var pollFD = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pollFD, 1, 100) > 0 else { continue }
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { continue }
+            let message = String(decoding: buffer[0..<count], as: UTF8.self)
+            lock.withLock {
+                received.append(message)
+                lock.broadcast()
+            }
+        }
+        Glibc.close(fd)
     }
 
     /// Waits until a message containing `text` arrives; returns that message.
     func wait(for text: String, timeout: Double = 10) throws -> String {
-        if let earlier = messages.first(where: { $0.contains(text) }) { return earlier }
         let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            var pollFD = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&pollFD, 1, 100) > 0 else { continue }
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            let count = recv(fd, &buffer, buffer.count, 0)
-            guard count > 0 else { continue }
-            let message = String(decoding: buffer[0..<count], as: UTF8.self)
-            messages.append(message)
-            if message.contains(text) { return message }
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            if let message = received.first(where: { $0.contains(text) }) { return message }
+            guard lock.wait(until: deadline) else {
+                throw PeerError(description: "no sd_notify message with \(text) within \(timeout) s; got \(received)")
+            }
         }
-        throw PeerError(description: "no sd_notify message with \(text) within \(timeout) s; got \(messages)")
     }
 }
