@@ -1,0 +1,45 @@
+# tcptop-exporter — the commands a new user runs (as root, on Debian 12).
+#   make run    install what is missing, build, run the daemon in the foreground
+#   make test   install what is missing, build, run the whole test suite
+#   make bench  the benchmark (prints a table of figures)
+#   make install  install binary, config and systemd unit
+
+PREFIX ?= /usr/local
+SWIFT ?= swift
+# Debian packages the build and the tests need (clang comes with the Swift toolchain).
+DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev bpftool prometheus python3 curl util-linux
+
+.PHONY: deps build release run test bench install clean
+
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+run: release
+	.build/release/tcptop-exporter --config.file=Config/tcptop-exporter.yml
+
+# The end-to-end tests start the built executables: build them first.
+test: build
+	$(SWIFT) test
+
+bench: release
+	./bench/run.sh
+
+install: release
+	install -D -m 0755 .build/release/tcptop-exporter $(DESTDIR)$(PREFIX)/bin/tcptop-exporter
+	install -D -m 0755 .build/release/tcptop $(DESTDIR)$(PREFIX)/bin/tcptop
+	install -D -m 0644 Config/tcptop-exporter.yml $(DESTDIR)/etc/tcptop-exporter/tcptop-exporter.yml
+	install -D -m 0644 systemd/tcptop-exporter.service $(DESTDIR)/etc/systemd/system/tcptop-exporter.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcptop-exporter/README.md
+
+clean:
+	rm -rf .build
