@@ -115,6 +115,27 @@ struct DaemonTests {
         #expect(gzipped.body.starts(with: [0x1f, 0x8b]))
     }
 
+    @Test func pingsTheWatchdogWhenSystemdAsks() throws {
+        let daemon = try ExporterProcess(environment: ["WATCHDOG_USEC": "400000"])
+        try daemon.waitReady()
+        _ = try daemon.notify.wait(for: "WATCHDOG=1", timeout: 2)
+        #expect(daemon.log.contains("watchdog enabled"))
+    }
+
+    @Test func theShippedUnitPassesSystemdAnalyzeVerify() throws {
+        // The unit as shipped, with ExecStart pointing at the binary just built.
+        let unit = try String(contentsOf: TrafficPeers.packageRoot.appending(path: "systemd/tcptop-exporter.service"), encoding: .utf8)
+        #expect(unit.contains("Type=notify") && unit.contains("WatchdogSec=") && unit.contains("ExecReload="))
+        let directory = NSTemporaryDirectory() + "tcptop-unit-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = directory + "/tcptop-exporter.service"
+        try unit.replacingOccurrences(of: "/usr/local/bin/tcptop-exporter", with: ExporterProcess.binary("tcptop-exporter"))
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let verify = run("/usr/bin/systemd-analyze", ["verify", path])
+        #expect(verify.status == 0, "systemd-analyze verify: \(verify.stderr)")
+        #expect(!verify.stderr.contains("tcptop-exporter.service:"), "warnings about the unit: \(verify.stderr)")
+    }
+
     @Test func startupErrorsAreOneLineAndNeverReady() throws {
         // A bad config file: exit 2, one line naming the key.
         let bad = try writeConfig("web:\n  telemetry_path: metrics\n")

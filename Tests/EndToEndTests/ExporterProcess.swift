@@ -14,7 +14,7 @@ final class ExporterProcess {
     private let stderrFile: URL
 
     /// Starts the daemon on a free loopback port; does not wait for READY.
-    init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort()) throws {
+    init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort(), environment extra: [String: String] = [:]) throws {
         notify = try NotifySocket()
         self.port = port
         stderrFile = URL(fileURLWithPath: NSTemporaryDirectory() + "tcptop-exporter-\(port).log")
@@ -23,6 +23,7 @@ final class ExporterProcess {
         process.arguments = ["--web.listen-address=127.0.0.1:\(port)", "--web.listen-address=[::1]:\(port)"] + arguments
         var environment = ProcessInfo.processInfo.environment
         environment["NOTIFY_SOCKET"] = notify.path
+        environment.merge(extra) { $1 }
         process.environment = environment
         process.standardError = try FileHandle(forWritingTo: stderrFile)
         process.standardOutput = FileHandle.nullDevice
