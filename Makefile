@@ -32,7 +32,7 @@ test: build
 	$(SWIFT) test
 
 bench: release
-	./bench/run.sh
+	.build/release/tcptop-bench
 
 install: release
 	install -D -m 0755 .build/release/tcptop-exporter $(DESTDIR)$(PREFIX)/bin/tcptop-exporter

@@ -47,6 +47,11 @@ let package = Package(
             name: "tcptop",
             dependencies: ["TCPTopCore", "TCPTopBPF", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // `make bench`: the figures of README's performance table.
+        .executableTarget(
+            name: "tcptop-bench",
+            dependencies: ["TCPTopCore", "TCPTopBPF", "CTCPTop"]
+        ),
         .testTarget(name: "TCPTopCoreTests", dependencies: ["TCPTopCore"]),
         .testTarget(name: "TCPTopServerTests", dependencies: ["TCPTopServer"]),
         .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF"]),

@@ -24,7 +24,7 @@ public final class TCPTracer {
     public let attachMode = "tp_btf"
     public let mapCapacity: UInt32
 
-    private let object: OpaquePointer
+    let object: OpaquePointer
     private var links: [OpaquePointer] = []
     let connectionsFD: Int32
     let closedFD: Int32
