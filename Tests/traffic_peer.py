@@ -55,6 +55,8 @@ def main():
     parser.add_argument("--receive", type=int, default=0)
     parser.add_argument("--peek", action="store_true", help="MSG_PEEK before the first receive")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--share", action="store_true",
+                        help="connect: a forked child (named NAME-k) sends the first half, then the parent the rest")
     parser.add_argument("--hold", action="store_true", help="after the transfer, wait for a line on stdin before closing")
     args = parser.parse_args()
 
@@ -83,7 +85,19 @@ def main():
         receive_exactly(conn, args.receive)
         send_exactly(conn, args.send, rng)
     else:
-        send_exactly(conn, args.send, rng)
+        if args.share:
+            # Two processes on one socket: the child moves bytes first.
+            half = args.send // 2
+            child = os.fork()
+            if child == 0:
+                set_process_name((name + "-k")[:15])
+                send_exactly(conn, half, rng)
+                os._exit(0)
+            os.waitpid(child, 0)
+            print(f"CHILD pid={child} sent={half}", flush=True)
+            send_exactly(conn, args.send - half, rng)
+        else:
+            send_exactly(conn, args.send, rng)
         receive_exactly(conn, args.receive)
     if args.hold:
         print("HOLDING", flush=True)

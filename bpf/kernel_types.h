@@ -38,6 +38,21 @@ struct sock {
 	__u16 sk_protocol;
 };
 
+/* The context of a socket-local-storage iterator program. */
+struct seq_file;
+struct bpf_map;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
+
+struct bpf_iter__bpf_sk_storage_map {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+	struct sock *sk;
+	void *value;
+};
+
 #pragma clang attribute pop
 
 #endif

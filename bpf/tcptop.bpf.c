@@ -8,9 +8,16 @@
  * arguments arrive as typed pointers that can be read directly, which
  * measured about 2x cheaper than a classic tracepoint (DESIGN.md).
  *
- * Hot path (connection already known): one helper for the cookie, one for
- * the tgid, one hash lookup, one atomic add. Everything else (addresses,
- * ports, comm) is read once, when a connection end is first seen. */
+ * Hot path: the counters of the process that owns a socket live in the
+ * socket's own BPF storage, found from the socket pointer (no key to build,
+ * no hash to compute): one storage lookup, one tgid compare, one atomic add.
+ * Measured here: ~20 ns above an empty program, against ~90 ns for a hash
+ * map keyed by socket cookie and tgid. Addresses, ports and comm are read
+ * once, when the socket is first seen. A second process on the same socket
+ * (fork after accept) is counted in the "conns" hash instead.
+ *
+ * User space reads live sockets through a socket-storage iterator, and the
+ * final counts of destroyed sockets from "closed_conns". */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -26,6 +33,17 @@
 
 const volatile struct tcptop_settings settings = {};
 
+/* Sockets that own a storage now; kept below settings.socket_capacity. */
+__u64 live_sockets = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct tcptop_sock_value);
+} sockets SEC(".maps");
+
+/* Connection ends of processes that share a socket with its owner. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536); /* resized by user space before load */
@@ -33,8 +51,7 @@ struct {
 	__type(value, struct tcptop_conn_value);
 } conns SEC(".maps");
 
-/* Cookies of tracked sockets that the kernel destroyed: their counters are
- * final, and user space may move them out of "conns". */
+/* Cookies of destroyed shared sockets: their "conns" entries are final. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536); /* resized by user space before load */
@@ -42,14 +59,13 @@ struct {
 	__type(value, __u8);
 } closed SEC(".maps");
 
-/* Marks sockets that have an entry in "conns", so the destroy hook records
- * only those. Freed by the kernel with the socket. */
+/* The owner's final counts of destroyed sockets, until user space takes them. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u8);
-} tracked SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* resized by user space before load */
+	__type(key, struct tcptop_conn_key);
+	__type(value, struct tcptop_conn_value);
+} closed_conns SEC(".maps");
 
 /* The cgroup v2 directory of tcptop -c, when settings.filter_cgroup is set. */
 struct {
@@ -73,6 +89,13 @@ static __always_inline void add_stat(__u32 index, __u64 amount)
 		*slot += amount; /* per-CPU: no other writer */
 }
 
+static __always_inline int unattributed(int ret, bool is_send)
+{
+	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES : TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES, ret);
+	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS : TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS, 1);
+	return 0;
+}
+
 static __always_inline void add_bytes(struct tcptop_conn_value *value, int ret, bool is_send)
 {
 	if (is_send)
@@ -81,11 +104,10 @@ static __always_inline void add_bytes(struct tcptop_conn_value *value, int ret, 
 		__sync_fetch_and_add(&value->received_bytes, ret);
 }
 
-/* Cold path: the first event of a connection end. Reads use BPF_CORE_READ so
- * this part also works from hooks whose arguments are not typed pointers. */
-static __noinline int first_seen(struct sock *sk, struct tcptop_conn_key *key, int ret, bool is_send)
+/* Addresses, ports and the calling thread's comm. BPF_CORE_READ, so that
+ * hooks whose arguments are not typed pointers can share it. */
+static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_value *value)
 {
-	struct tcptop_conn_value value = {};
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
 	if (family == AF_INET) {
@@ -93,56 +115,92 @@ static __noinline int first_seen(struct sock *sk, struct tcptop_conn_key *key, i
 		__u32 raddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
 		/* Exactly 4 bytes: a wider copy would drag neighbouring fields
 		 * (such as the TCP state) into the value. */
-		__builtin_memcpy(value.laddr, &laddr, 4);
-		__builtin_memcpy(value.raddr, &raddr, 4);
+		__builtin_memcpy(value->laddr, &laddr, 4);
+		__builtin_memcpy(value->raddr, &raddr, 4);
 	} else if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&value.laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&value.raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&value->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&value->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	}
-	value.family = family;
-	value.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	value.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	bpf_get_current_comm(&value.comm, sizeof(value.comm));
+	value->family = family;
+	value->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	value->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	bpf_get_current_comm(&value->comm, sizeof(value->comm));
+}
+
+/* A process that is not the socket's owner: its own entry in "conns". */
+static __always_inline int count_shared(struct sock *sk, struct tcptop_sock_value *owned, __u32 tgid,
+					int ret, bool is_send)
+{
+	owned->shared = 1;
+	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = tgid };
+	struct tcptop_conn_value *existing = bpf_map_lookup_elem(&conns, &key);
+	if (existing) {
+		add_bytes(existing, ret, is_send);
+		return 0;
+	}
+	struct tcptop_conn_value value = {};
+	read_connection(sk, &value);
 	if (is_send)
 		value.sent_bytes = ret;
 	else
 		value.received_bytes = ret;
-
-	long err = bpf_map_update_elem(&conns, key, &value, BPF_NOEXIST);
-	if (err == 0) {
-		bpf_sk_storage_get(&tracked, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	long err = bpf_map_update_elem(&conns, &key, &value, BPF_NOEXIST);
+	if (err == 0)
 		return 0;
-	}
-	if (err == -EEXIST) {
-		/* Another CPU inserted it first: add to its entry. */
-		struct tcptop_conn_value *existing = bpf_map_lookup_elem(&conns, key);
+	if (err == -EEXIST) { /* another CPU inserted it first */
+		existing = bpf_map_lookup_elem(&conns, &key);
 		if (existing) {
 			add_bytes(existing, ret, is_send);
 			return 0;
 		}
 	}
-	/* The map is full: the bytes still count, unattributed. */
-	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES : TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES, ret);
-	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS : TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS, 1);
-	return 0;
+	return unattributed(ret, is_send); /* "conns" is full */
+}
+
+/* Cold path: a socket without storage yet, or used by a second process. */
+static __noinline int count_slow(struct sock *sk, struct tcptop_sock_value *owned, __u32 tgid, int ret,
+				 bool is_send)
+{
+	if (!owned) {
+		if (__sync_fetch_and_add(&live_sockets, 1) >= settings.socket_capacity) {
+			__sync_fetch_and_sub(&live_sockets, 1);
+			return unattributed(ret, is_send);
+		}
+		struct tcptop_sock_value initial = {};
+		read_connection(sk, &initial.conn);
+		initial.cookie = bpf_get_socket_cookie(sk);
+		initial.owner_tgid = tgid;
+		owned = bpf_sk_storage_get(&sockets, sk, &initial, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!owned) {
+			/* Another CPU created it first, or no memory. */
+			__sync_fetch_and_sub(&live_sockets, 1);
+			owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
+			if (!owned)
+				return unattributed(ret, is_send);
+		}
+		if (owned->owner_tgid == tgid) {
+			add_bytes(&owned->conn, ret, is_send);
+			return 0;
+		}
+	}
+	return count_shared(sk, owned, tgid, ret, is_send);
 }
 
 static __always_inline int count(struct sock *sk, int ret, bool is_send)
 {
-	if (ret <= 0 || sk->sk_protocol != IPPROTO_TCP)
+	if (settings.count_nothing || ret <= 0 || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (settings.target_tgid && tgid != settings.target_tgid)
 		return 0;
 	if (settings.filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
 		return 0;
-	struct tcptop_conn_key key = { .cookie = bpf_get_socket_cookie(sk), .tgid = tgid };
-	struct tcptop_conn_value *value = bpf_map_lookup_elem(&conns, &key);
-	if (value) {
-		add_bytes(value, ret, is_send);
+	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
+	if (owned && owned->owner_tgid == tgid) {
+		add_bytes(&owned->conn, ret, is_send);
 		return 0;
 	}
-	return first_seen(sk, &key, ret, is_send);
+	return count_slow(sk, owned, tgid, ret, is_send);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -159,15 +217,48 @@ int BPF_PROG(tcptop_recv, struct sock *sk, int ret, int flags)
 	return count(sk, ret, false);
 }
 
+/* The socket is going away with its storage: hand the owner's final counts
+ * to user space, and mark the shared entries final. */
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tcptop_destroy, struct sock *sk)
 {
-	if (!bpf_sk_storage_get(&tracked, sk, 0, 0))
+	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
+	if (!owned)
 		return 0;
-	__u64 cookie = bpf_get_socket_cookie(sk);
-	__u8 one = 1;
-	if (bpf_map_update_elem(&closed, &cookie, &one, BPF_ANY))
+	__sync_fetch_and_sub(&live_sockets, 1);
+	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = owned->owner_tgid };
+	struct tcptop_conn_value final = owned->conn;
+	if (bpf_map_update_elem(&closed_conns, &key, &final, BPF_NOEXIST)) {
+		/* "closed_conns" is full: user space keeps what it was last
+		 * handed, and the bytes since then count as unattributed. */
 		add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES, final.sent_bytes - owned->reported_sent_bytes);
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES, final.received_bytes - owned->reported_received_bytes);
+	}
+	if (owned->shared) {
+		__u8 one = 1;
+		if (bpf_map_update_elem(&closed, &key.cookie, &one, BPF_ANY))
+			add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
+	}
+	return 0;
+}
+
+/* Writes one record per live socket; user space runs it at every read.
+ * Each counter is copied with one 8-byte load, so a read never sees a
+ * half-updated value. */
+SEC("iter/bpf_sk_storage_map")
+int tcptop_dump(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct tcptop_sock_value *owned = ctx->value;
+	if (!ctx->sk || !owned)
+		return 0;
+	struct tcptop_conn_record record = {};
+	record.key.cookie = owned->cookie;
+	record.key.tgid = owned->owner_tgid;
+	record.value = owned->conn;
+	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
+	owned->reported_sent_bytes = record.value.sent_bytes;
+	owned->reported_received_bytes = record.value.received_bytes;
 	return 0;
 }
 

@@ -31,6 +31,27 @@ struct tcptop_conn_value {
 	__u8 comm[TCPTOP_COMM_LEN];
 };
 
+/* Socket-local storage: the first process that moves bytes on a socket
+ * ("owner") is counted right here, found from the socket pointer without a
+ * hash lookup. Other processes on the same socket go to the "conns" hash. */
+struct tcptop_sock_value {
+	struct tcptop_conn_value conn;
+	__u64 cookie;
+	__u32 owner_tgid;
+	__u32 shared; /* another process used it too: its entries are in "conns" */
+	/* The counters as the iterator last handed them to user space: if the
+	 * final counts cannot be recorded at close, the rest still counts, as
+	 * unattributed bytes. */
+	__u64 reported_sent_bytes;
+	__u64 reported_received_bytes;
+};
+
+/* One connection end as the socket iterator writes it to user space. */
+struct tcptop_conn_record {
+	struct tcptop_conn_key key;
+	struct tcptop_conn_value value;
+};
+
 /* Indexes into the per-CPU "stats" array: what could not be attributed to a
  * connection (map full) is still counted here, never dropped. */
 enum tcptop_stat {
@@ -47,9 +68,13 @@ enum tcptop_stat {
 struct tcptop_settings {
 	__u32 target_tgid;
 	__u32 filter_cgroup; /* 1: only tasks under the cgroup in "cgroup_filter" */
+	__u32 socket_capacity; /* sockets that may get their own storage */
+	__u32 count_nothing; /* 1: return at once (the benchmark's cost floor) */
 };
 
-_Static_assert(sizeof(struct tcptop_settings) == 8, "settings layout");
+_Static_assert(sizeof(struct tcptop_settings) == 16, "settings layout");
+_Static_assert(sizeof(struct tcptop_sock_value) == 104, "socket value layout");
+_Static_assert(sizeof(struct tcptop_conn_record) == 88, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");
 _Static_assert(sizeof(struct tcptop_conn_value) == 72, "conn value layout");
 

@@ -7,41 +7,75 @@ public struct KernelReading: Sendable {
     /// Every connection end in the kernel map; those marked closed were
     /// removed from the kernel by this read and will not appear again.
     public var connections: [ConnectionSample]
+    /// Sockets with their own storage in the kernel now.
+    public var liveSockets: Int
     public var unattributed: UnattributedCounters
 }
 
 extension TCPTracer {
-    /// Reads every connection end, then moves closed ones out of the kernel
-    /// map. The closed set is read first: a socket destroyed after that is
-    /// still read (with final values) and is moved out by the next read, so
-    /// no byte is lost between the two.
+    /// Reads every connection end, then moves closed ones out of the kernel.
+    /// The order makes a socket destroyed during the read safe: live sockets
+    /// are read before "closed_conns" (a socket destroyed in between appears
+    /// in both, and its final counts win); shared entries are read after the
+    /// set of closed cookies (an entry is only deleted once final).
     public func read() throws -> KernelReading {
-        let closedCookies = Set(try readClosedCookies())
-        let entries = try readAllConnections()
+        let closedCookies = Set(try batchRead(fd: closedCookiesFD, key: UInt64(0), value: UInt8(0)).map(\.0))
+        let shared = try batchRead(fd: sharedConnectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
+        let live = try readLiveSockets()
+        let closed = try batchRead(fd: closedConnectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
+
         var samples: [ConnectionSample] = []
-        samples.reserveCapacity(entries.count)
-        var seen = Set<ConnectionID>(minimumCapacity: entries.count)
-        for (key, value) in entries {
+        samples.reserveCapacity(live.count + shared.count + closed.count)
+        var seen = Set<ConnectionID>(minimumCapacity: live.count + shared.count)
+        func add(_ key: tcptop_conn_key, _ value: tcptop_conn_value, closed: Bool) {
             let id = ConnectionID(cookie: key.cookie, pid: key.tgid)
             let labels = labelCache[id] ?? Self.labels(pid: key.tgid, value: value)
-            labelCache[id] = labels
-            seen.insert(id)
+            if !closed {
+                labelCache[id] = labels
+                seen.insert(id)
+            }
             samples.append(ConnectionSample(
-                id: id, labels: labels, sentBytes: value.sent_bytes, receivedBytes: value.received_bytes,
-                closed: closedCookies.contains(key.cookie)))
+                id: id, labels: labels, sentBytes: value.sent_bytes, receivedBytes: value.received_bytes, closed: closed))
         }
-        for sample in samples where sample.closed {
-            var key = tcptop_conn_key(cookie: sample.id.cookie, tgid: sample.id.pid, pad: 0)
-            _ = bpf_map_delete_elem(connectionsFD, &key)
-            labelCache[sample.id] = nil
+        for record in live { add(record.key, record.value, closed: false) }
+        for (key, value) in shared { add(key, value, closed: closedCookies.contains(key.cookie)) }
+        for (key, value) in closed { add(key, value, closed: true) }
+
+        for (var key, _) in shared where closedCookies.contains(key.cookie) {
+            _ = bpf_map_delete_elem(sharedConnectionsFD, &key)
         }
-        for var cookie in closedCookies {
-            _ = bpf_map_delete_elem(closedFD, &cookie)
-        }
+        for (var key, _) in closed { _ = bpf_map_delete_elem(closedConnectionsFD, &key) }
+        for var cookie in closedCookies { _ = bpf_map_delete_elem(closedCookiesFD, &cookie) }
         if labelCache.count > seen.count {
             labelCache = labelCache.filter { seen.contains($0.key) }
         }
-        return KernelReading(connections: samples, unattributed: try readStats())
+        return KernelReading(connections: samples, liveSockets: live.count, unattributed: try readStats())
+    }
+
+    /// One pass of the socket iterator: a record per socket that has storage.
+    private func readLiveSockets() throws -> [tcptop_conn_record] {
+        guard let iteratorLink else { return [] }
+        let fd = bpf_iter_create(bpf_link__fd(iteratorLink))
+        guard fd >= 0 else { throw TracerError.libbpf("starting the socket iterator", code: fd) }
+        defer { close(fd) }
+        let recordSize = MemoryLayout<tcptop_conn_record>.size
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = Glibc.read(fd, &buffer, buffer.count)
+            if count == 0 { break }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw TracerError("reading the socket iterator: \(String(cString: strerror(errno)))")
+            }
+            bytes += buffer[0..<count]
+        }
+        guard bytes.count % recordSize == 0 else {
+            throw TracerError("the socket iterator wrote \(bytes.count) bytes, not whole \(recordSize)-byte records")
+        }
+        return bytes.withUnsafeBytes { raw in
+            (0..<(bytes.count / recordSize)).map { raw.loadUnaligned(fromByteOffset: $0 * recordSize, as: tcptop_conn_record.self) }
+        }
     }
 
     static func labels(pid: UInt32, value: tcptop_conn_value) -> ConnectionLabels {
@@ -54,14 +88,6 @@ extension TCPTracer {
             pid: pid, comm: comm, family: family,
             localAddress: addressText(family: family, bytes: local), localPort: value.lport,
             remoteAddress: addressText(family: family, bytes: remote), remotePort: value.rport)
-    }
-
-    private func readClosedCookies() throws -> [UInt64] {
-        try batchRead(fd: closedFD, key: UInt64(0), value: UInt8(0)).map(\.0)
-    }
-
-    private func readAllConnections() throws -> [(tcptop_conn_key, tcptop_conn_value)] {
-        try batchRead(fd: connectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
     }
 
     /// Reads a whole hash map with BPF_MAP_LOOKUP_BATCH: a few syscalls for

@@ -13,10 +13,14 @@ public final class TCPTracer {
         public var targetPID: UInt32 = 0
         /// Count only tasks in this cgroup v2 directory (or below it).
         public var cgroupPath: String?
-        public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0, cgroupPath: String? = nil) {
+        /// Attach programs that return at once: the benchmark's cost floor.
+        public var countNothing = false
+        public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0, cgroupPath: String? = nil,
+                    countNothing: Bool = false) {
             self.mapCapacity = mapCapacity
             self.targetPID = targetPID
             self.cgroupPath = cgroupPath
+            self.countNothing = countNothing
         }
     }
 
@@ -26,8 +30,12 @@ public final class TCPTracer {
 
     let object: OpaquePointer
     private var links: [OpaquePointer] = []
-    let connectionsFD: Int32
-    let closedFD: Int32
+    /// The socket iterator: every read creates one pass over it.
+    var iteratorLink: OpaquePointer?
+    let socketsFD: Int32
+    let sharedConnectionsFD: Int32
+    let closedCookiesFD: Int32
+    let closedConnectionsFD: Int32
     let statsFD: Int32
     /// Labels already built, by connection: most reads see the same
     /// connections again, and building address text is the costly part.
@@ -70,21 +78,29 @@ public final class TCPTracer {
             return map
         }
         do {
-            let connections = try map("conns")
-            let closed = try map("closed")
+            let sockets = try map("sockets")
+            let shared = try map("conns")
+            let closedCookies = try map("closed")
+            let closedConnections = try map("closed_conns")
             let stats = try map("stats")
-            try Self.checkLayout(connections, key: MemoryLayout<tcptop_conn_key>.size, value: MemoryLayout<tcptop_conn_value>.size)
-            for sized in [connections, closed] {
+            let keySize = MemoryLayout<tcptop_conn_key>.size, valueSize = MemoryLayout<tcptop_conn_value>.size
+            try Self.checkLayout(shared, key: keySize, value: valueSize)
+            try Self.checkLayout(closedConnections, key: keySize, value: valueSize)
+            try Self.checkLayout(sockets, key: MemoryLayout<Int32>.size, value: MemoryLayout<tcptop_sock_value>.size)
+            for sized in [shared, closedCookies, closedConnections] {
                 let err = bpf_map__set_max_entries(sized, options.mapCapacity)
                 if err != 0 { throw TracerError.libbpf("setting the map capacity", code: err) }
             }
             try Self.setSettings(object: object, tcptop_settings(
-                target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1))
+                target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1,
+                socket_capacity: options.mapCapacity, count_nothing: options.countNothing ? 1 : 0))
             let err = bpf_object__load(object)
             if err != 0 { throw Self.loadError(err) }
             if let path = options.cgroupPath { try Self.setCgroupFilter(object: object, path: path) }
-            connectionsFD = bpf_map__fd(connections)
-            closedFD = bpf_map__fd(closed)
+            socketsFD = bpf_map__fd(sockets)
+            sharedConnectionsFD = bpf_map__fd(shared)
+            closedCookiesFD = bpf_map__fd(closedCookies)
+            closedConnectionsFD = bpf_map__fd(closedConnections)
             statsFD = bpf_map__fd(stats)
         } catch {
             bpf_object__close(object)
@@ -93,6 +109,7 @@ public final class TCPTracer {
     }
 
     deinit {
+        if let iteratorLink { bpf_link__destroy(iteratorLink) }
         for link in links { bpf_link__destroy(link) }
         bpf_object__close(object)
         LibbpfLog.install(nil)
@@ -101,13 +118,32 @@ public final class TCPTracer {
     private func attachAll() throws {
         var program = bpf_object__next_program(object, nil)
         while let current = program {
-            guard let link = bpf_program__attach(current) else {
-                let name = String(cString: bpf_program__name(current))
-                throw TracerError.libbpf("attaching \(name)", code: -errno)
+            let name = String(cString: bpf_program__name(current))
+            if String(cString: bpf_program__section_name(current)).hasPrefix("iter/") {
+                iteratorLink = try attachIterator(current, name: name)
+            } else {
+                guard let link = bpf_program__attach(current) else {
+                    throw TracerError.libbpf("attaching \(name)", code: -errno)
+                }
+                links.append(link)
             }
-            links.append(link)
             program = bpf_object__next_program(object, current)
         }
+    }
+
+    /// A socket-storage iterator is bound to its map when attached.
+    private func attachIterator(_ program: OpaquePointer, name: String) throws -> OpaquePointer {
+        var linkInfo = bpf_iter_link_info()
+        linkInfo.map.map_fd = UInt32(socketsFD)
+        var options = bpf_iter_attach_opts()
+        options.sz = MemoryLayout<bpf_iter_attach_opts>.stride
+        options.link_info_len = UInt32(MemoryLayout<bpf_iter_link_info>.size)
+        let link = withUnsafeMutablePointer(to: &linkInfo) { info -> OpaquePointer? in
+            options.link_info = info
+            return bpf_program__attach_iter(program, &options)
+        }
+        guard let link else { throw TracerError.libbpf("attaching \(name)", code: -errno) }
+        return link
     }
 
     /// The key and value layout is declared once (bpf/tcptop_maps.h), but the

@@ -72,7 +72,7 @@ public final class MetricsCollector: @unchecked Sendable {
         let now = monotonicSeconds()
         registry.update(with: reading.connections, now: now)
         unattributed = reading.unattributed
-        kernelEntries = reading.connections.count - reading.connections.lazy.filter(\.closed).count
+        kernelEntries = reading.liveSockets
         lastSuccessfulRead = now
     }
 

@@ -57,7 +57,7 @@ struct DaemonTests {
         #expect((value(samples, "process_resident_memory_bytes", [:]) ?? 0) > 1_000_000)
 
         let programIDs = bpfProgramIDs(ofProcess: daemon.process.processIdentifier)
-        #expect(programIDs.count == 3, "send, receive and destroy programs are loaded")
+        #expect(programIDs.count == 4, "send, receive, destroy and the socket iterator are loaded")
         daemon.signal(SIGTERM)
         _ = try daemon.notify.wait(for: "STOPPING=1")
         #expect(try daemon.waitExit() == 0)
