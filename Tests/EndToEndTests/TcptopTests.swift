@@ -1,0 +1,363 @@
+import Foundation
+import Glibc
+import TCPTopCore
+import Testing
+
+/// The built `tcptop` binary as a child: known traffic between named
+/// processes must show up as rows with the right pids, names, addresses
+/// and KB; filters, `--from`, signals and usage errors.
+@Suite(.serialized)
+struct TcptopTests {
+    static let binary = ExporterProcess.binary("tcptop")
+
+    // MARK: Real BPF (root)
+
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"), arguments: ["4", "6"])
+    func showsKnownTrafficPerConnectionEnd(family: String) throws {
+        let top = try TcptopRun(["-C", "1", "2"])
+        try top.waitForTracing()
+        let exchange = try TrafficPeers.exchange(
+            family: family, clientName: "tt-top-cli", serverName: "tt-top-srv",
+            clientSends: 300 * 1024, serverSends: 200 * 1024 + 1000, seed: 3)
+        let output = try top.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        #expect(output.intervals == 2)
+        try expectExchange(exchange, in: output)
+        #expect(!output.stdout.contains("\u{1B}"))
+        // The peers exited before the print: their names are still shown.
+        let header = family == "4" ? "PID    COMM         LADDR                 RADDR                  RX_KB  TX_KB"
+            : "PID    COMM         LADDR6                           RADDR6                            RX_KB  TX_KB"
+        #expect(output.stdout.contains(header))
+    }
+
+    /// A connection that stays open across intervals: its bytes are shown in
+    /// the interval they moved in, not again in the later ones.
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
+    func anOpenConnectionIsCountedOnlyInTheIntervalItMoved() throws {
+        let top = try TcptopRun(["-C", "1", "4"])
+        try top.waitForTracing()
+        let server = try HeldPeer(["serve", "--family", "4", "--name", "tt-held-srv", "--receive", "409600", "--send", "0"])
+        let client = try HeldPeer(["connect", "--family", "4", "--name", "tt-held-cli", "--port", "\(server.ready.port)",
+                                   "--send", "409600", "--receive", "0"])
+        try client.waitFor("HOLDING")
+        try server.waitFor("HOLDING")
+        usleep(2_500_000)  // two or more intervals pass with the connection open and idle
+        client.release()
+        server.release()
+        try client.waitFor("DONE")
+        try server.waitFor("DONE")
+        let output = try top.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        let clientRows = output.lines.filter { $0.hasPrefix("\(client.ready.pid) ") }
+        #expect((1...2).contains(clientRows.count), "rows only while bytes moved: \(clientRows)")
+        let sent = output.totals().filter { $0.key.pid == client.ready.pid }.map(\.value.tx).reduce(0, +)
+        #expect((399...400).contains(sent), "400 KiB once, not once per interval: \(output.stdout)")
+    }
+
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
+    func pidFilterShowsOnlyThatProcess() throws {
+        let server = try LinePeer(["serve", "--family", "4", "--name", "tt-pid-srv", "--receive", "204800", "--send", "102400"])
+        let (serverPID, serverPort) = try server.readReady()
+        let top = try TcptopRun(["-C", "-p", "\(serverPID)", "1", "2"])
+        try top.waitForTracing()
+        let client = try LinePeer(["connect", "--family", "4", "--name", "tt-pid-cli", "--port", "\(serverPort)",
+                                   "--send", "204800", "--receive", "102400"])
+        _ = try client.readReady()
+        try client.waitDone()
+        try server.waitDone()
+        let output = try top.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        let totals = output.totals()
+        #expect(Set(totals.keys.map(\.pid)) == [serverPID])
+        #expect(totals.values.map(\.rx).reduce(0, +) >= 199)
+        #expect(totals.keys.allSatisfy { $0.comm == "tt-pid-srv" })
+    }
+
+    @Test(.enabled(if: runningAsRoot && cgroup2Mount != nil, "needs root and a cgroup v2 mount"))
+    func cgroupFilterShowsOnlyProcessesInIt() throws {
+        let directory = cgroup2Mount! + "/tcptop-test-\(getpid())"
+        try #require(mkdir(directory, 0o755) == 0 || errno == EEXIST, "mkdir \(directory)")
+        defer { rmdir(directory) }
+        let server = try LinePeer(["serve", "--family", "4", "--name", "tt-cg-srv", "--receive", "102400", "--send", "204800"])
+        defer { if server.process.isRunning { server.process.terminate(); server.process.waitUntilExit() } }
+        let (serverPID, serverPort) = try server.readReady()
+        try "\(serverPID)\n".write(toFile: directory + "/cgroup.procs", atomically: false, encoding: .utf8)
+
+        let top = try TcptopRun(["-C", "-c", directory, "1", "2"])
+        try top.waitForTracing()
+        let client = try LinePeer(["connect", "--family", "4", "--name", "tt-cg-cli", "--port", "\(serverPort)",
+                                   "--send", "102400", "--receive", "204800"])
+        _ = try client.readReady()
+        try client.waitDone()
+        try server.waitDone()
+        let output = try top.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        let totals = output.totals()
+        #expect(Set(totals.keys.map(\.pid)) == [serverPID])
+        let row = try #require(totals.first { $0.key.pid == serverPID })
+        #expect(row.key.comm == "tt-cg-srv")
+        #expect((199...200).contains(row.value.tx) && (99...100).contains(row.value.rx))
+    }
+
+    @Test(.enabled(if: runningAsRoot, "needs root for the exporter"))
+    func fromAnExporterShowsTheSameRowsWithoutRoot() throws {
+        let daemon = try ExporterProcess()
+        try daemon.waitReady()
+        let traced = try TcptopRun(["-C", "1", "3"])
+        // As nobody, without capabilities: --from needs no privilege.
+        let viewed = try TcptopRun(["--from", "http://127.0.0.1:\(daemon.port)/metrics", "-C", "1", "3"], asNobody: true)
+        try traced.waitForTracing()
+        try viewed.waitForTracing()
+        let exchange = try TrafficPeers.exchange(
+            family: "4", clientName: "tt-from-cli", serverName: "tt-from-srv",
+            clientSends: 150 * 1024, serverSends: 250 * 1024, seed: 5)
+        let tracedOutput = try traced.finish(), viewedOutput = try viewed.finish()
+        #expect(viewedOutput.status == 0, "stderr: \(viewedOutput.stderr)")
+        #expect(viewedOutput.intervals == 3)
+        #expect(viewedOutput.stdout.contains(" source: http://127.0.0.1:\(daemon.port)/metrics\n"))
+        try expectExchange(exchange, in: viewedOutput)
+        try expectExchange(exchange, in: tracedOutput)
+        let ours: (TcptopOutput.RowKey) -> Bool = { $0.pid == exchange.clientPID || $0.pid == exchange.serverPID }
+        #expect(viewedOutput.totals().filter { ours($0.key) }.mapValues { [$0.rx, $0.tx] }
+            == tracedOutput.totals().filter { ours($0.key) }.mapValues { [$0.rx, $0.tx] })
+
+        // -p and -4/-6 filter on the exporter's labels.
+        let filtered = try TcptopRun(["--from", "127.0.0.1:\(daemon.port)", "-C", "-p", "\(exchange.serverPID)", "-6", "1", "1"])
+        let filteredOutput = try filtered.finish()
+        #expect(filteredOutput.status == 0 && filteredOutput.totals().isEmpty)
+    }
+
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"), arguments: [SIGINT, SIGTERM])
+    func aStopSignalEndsItAtOnceAndDetaches(signal: Int32) throws {
+        let top = try TcptopRun(["-C", "10"])
+        try top.waitForTracing()
+        let programs = bpfProgramIDs(ofProcess: top.process.processIdentifier)
+        #expect(!programs.isEmpty, "the BPF programs are attached")
+        let start = Date()
+        kill(top.process.processIdentifier, signal)
+        let output = try top.finish(timeout: 2)
+        #expect(Date().timeIntervalSince(start) < 1)
+        #expect(output.status == 0 && output.stderr.isEmpty)
+        #expect(output.intervals == 0)
+        // The kernel frees programs shortly after their last reference goes (RCU).
+        func loaded() -> [Int] { programs.filter { run("/usr/sbin/bpftool", ["prog", "show", "id", "\($0)"]).status == 0 } }
+        let deadline = Date().addingTimeInterval(3)
+        while !loaded().isEmpty && Date() < deadline { usleep(50_000) }
+        #expect(loaded().isEmpty, "the programs are gone")
+    }
+
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
+    func aPipeGetsCleanTextAndNoSummaryWithS() throws {
+        let plain = try TcptopRun(["1", "1"]).finish()  // no -C: stdout is a pipe, so no clearing
+        #expect(plain.status == 0 && !plain.stdout.contains("\u{1B}"))
+        #expect(plain.stdout.hasPrefix("Tracing... Output every 1 secs. Hit Ctrl-C to end\n\n"))
+        #expect(plain.summaryLines == 1)
+        let quiet = try TcptopRun(["-S", "1", "1"]).finish()
+        #expect(quiet.status == 0 && quiet.summaryLines == 0)
+    }
+
+    @Test(.enabled(if: runningAsRoot, "needs root to drop it"))
+    func withoutPrivilegeItSaysSoInOneLine() throws {
+        let output = try TcptopRun(["1", "1"], asNobody: true).finish()
+        #expect(output.status == 1)
+        #expect(output.stderr.hasPrefix("tcptop: missing capability CAP_BPF and CAP_PERFMON"))
+        #expect(output.stderr.split(separator: "\n").count == 1)
+    }
+
+    // MARK: No privilege needed
+
+    @Test func anUnreachableExporterIsOneErrorLine() throws {
+        let port = ExporterProcess.freePort()
+        let output = try TcptopRun(["--from", "http://127.0.0.1:\(port)/metrics", "1", "1"]).finish()
+        #expect(output.status == 1)
+        #expect(output.stderr == "tcptop: --from http://127.0.0.1:\(port)/metrics: cannot connect to 127.0.0.1:\(port): Connection refused\n")
+        #expect(output.stdout.isEmpty)
+    }
+
+    @Test func helpPrintsTheUsage() throws {
+        let output = try TcptopRun(["-h"]).finish()
+        #expect(output.status == 0 && output.stdout == TopArguments.usage && output.stderr.isEmpty)
+    }
+
+    @Test(arguments: [
+        ["0"], ["-5"], ["1", "0"], ["-s", "bytes"], ["-4", "-6"], ["-p", "abc"], ["--pid"], ["-r", "x"],
+        ["--from", "h", "-c", "/x"], ["--from", "https://h"], ["-z"], ["1", "2", "3"],
+    ])
+    func badArgumentsAreOneLineAndExitTwo(arguments: [String]) throws {
+        let output = try TcptopRun(arguments).finish()
+        #expect(output.status == 2)
+        #expect(output.stderr.hasPrefix("tcptop: "))
+        #expect(output.stderr.split(separator: "\n").count == 1 && output.stderr.hasSuffix("\n"))
+        #expect(output.stdout.isEmpty)
+    }
+
+    /// Both ends of the exchange: pid, name, addresses, KB summed over the intervals
+    /// (a transfer may straddle two intervals; each interval rounds down).
+    private func expectExchange(_ exchange: TrafficPeers.Exchange, in output: TcptopOutput) throws {
+        let totals = output.totals()
+        let host = exchange.loopback
+        let client = TcptopOutput.RowKey(
+            pid: exchange.clientPID, comm: exchange.clientName,
+            local: "\(host):\(exchange.clientPort)", remote: "\(host):\(exchange.serverPort)")
+        let server = TcptopOutput.RowKey(
+            pid: exchange.serverPID, comm: exchange.serverName,
+            local: "\(host):\(exchange.serverPort)", remote: "\(host):\(exchange.clientPort)")
+        let clientKB = try #require(totals[client], "client row in:\n\(output.stdout)")
+        let serverKB = try #require(totals[server], "server row in:\n\(output.stdout)")
+        let sentKB = Int(exchange.clientSent / 1024), receivedKB = Int(exchange.serverSent / 1024)
+        let rounding = (1 - output.intervals)...0
+        #expect(rounding.contains(clientKB.tx - sentKB) && rounding.contains(clientKB.rx - receivedKB), "\(clientKB)")
+        #expect(rounding.contains(serverKB.rx - sentKB) && rounding.contains(serverKB.tx - receivedKB), "\(serverKB)")
+    }
+}
+
+/// The cgroup v2 mount point, from /proc/mounts.
+let cgroup2Mount: String? = {
+    let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+    for line in mounts.split(separator: "\n") {
+        let fields: [Substring] = line.split(separator: " ")
+        if fields.count > 2 && fields[2] == "cgroup2" { return String(fields[1]) }
+    }
+    return nil
+}()
+
+/// A running tcptop with its stdout read line by line.
+final class TcptopRun {
+    let process = Process()
+    private let out = Pipe(), err = Pipe()
+    private var buffer: [UInt8] = []
+
+    init(_ arguments: [String], asNobody: Bool = false) throws {
+        if asNobody {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--", TcptopTests.binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: TcptopTests.binary)
+            process.arguments = arguments
+        }
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    /// Waits for the first line; the tracer is attached (or the baseline fetched) by then.
+    func waitForTracing() throws {
+        while true {
+            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffer[..<newline], as: UTF8.self)
+                guard line.hasPrefix("Tracing... Output every") else { throw PeerError(description: "tcptop printed \(line)") }
+                return
+            }
+            let data = out.fileHandleForReading.availableData
+            if data.isEmpty {
+                throw PeerError(description: "tcptop exited: \(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+            }
+            buffer += data
+        }
+    }
+
+    func finish(timeout: Double = 30) throws -> TcptopOutput {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        guard !process.isRunning else {
+            process.terminate()
+            throw PeerError(description: "tcptop did not exit within \(timeout) s")
+        }
+        buffer += out.fileHandleForReading.readDataToEndOfFile()
+        return TcptopOutput(
+            status: process.terminationStatus, stdout: String(decoding: buffer, as: UTF8.self),
+            stderr: String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+}
+
+/// What a finished tcptop printed, read back into rows.
+struct TcptopOutput {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+
+    struct RowKey: Hashable, CustomStringConvertible {
+        var pid: UInt32, comm: String, local: String, remote: String
+        var description: String { "\(pid) \(comm) \(local) \(remote)" }
+    }
+
+    var lines: [Substring] { stdout.split(separator: "\n", omittingEmptySubsequences: false) }
+    var summaryLines: Int { lines.filter { $0.contains(" loadavg: ") || $0.contains(" source: ") }.count }
+    /// Screens printed (each has a summary line unless -S).
+    var intervals: Int { summaryLines }
+
+    /// KB per row, summed over the intervals.
+    func totals() -> [RowKey: (rx: Int, tx: Int)] {
+        var totals: [RowKey: (rx: Int, tx: Int)] = [:]
+        for line in lines where !line.hasPrefix("PID ") {
+            let fields = line.split(separator: " ")
+            guard fields.count == 6, let pid = UInt32(fields[0]), let rx = Int(fields[4]), let tx = Int(fields[5]) else { continue }
+            let key = RowKey(pid: pid, comm: String(fields[1]), local: String(fields[2]), remote: String(fields[3]))
+            let sum = totals[key] ?? (0, 0)
+            totals[key] = (sum.rx + rx, sum.tx + tx)
+        }
+        return totals
+    }
+}
+
+/// A traffic peer run with --hold: after its transfer it keeps the
+/// connection open until released.
+final class HeldPeer {
+    let process = Process()
+    private let output = Pipe(), input = Pipe()
+    private var buffer: [UInt8] = []
+    private(set) var ready: (pid: UInt32, port: UInt16) = (0, 0)
+
+    init(_ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [TrafficPeers.script] + arguments + ["--hold"]
+        process.standardOutput = output
+        process.standardInput = input
+        try process.run()
+        let line = try readLine()
+        let fields = Dictionary(uniqueKeysWithValues: line.split(separator: " ").dropFirst().compactMap { part in
+            let pair = part.split(separator: "=", maxSplits: 1)
+            return pair.count == 2 ? (String(pair[0]), String(pair[1])) : nil
+        })
+        guard let pid = fields["pid"].flatMap({ UInt32($0) }), let port = fields["port"].flatMap({ UInt16($0) }) else {
+            throw PeerError(description: "unexpected peer line: \(line)")
+        }
+        ready = (pid, port)
+    }
+
+    deinit {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    func waitFor(_ expected: String) throws {
+        let line = try readLine()
+        guard line == expected else { throw PeerError(description: "expected \(expected), peer said \(line)") }
+        if expected == "DONE" { process.waitUntilExit() }
+    }
+
+    func release() { input.fileHandleForWriting.write(Data("\n".utf8)) }
+
+    private func readLine() throws -> String {
+        while true {
+            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffer[..<newline], as: UTF8.self)
+                buffer.removeSubrange(...newline)
+                return line
+            }
+            let data = output.fileHandleForReading.availableData
+            if data.isEmpty { throw PeerError(description: "peer exited early") }
+            buffer += data
+        }
+    }
+}

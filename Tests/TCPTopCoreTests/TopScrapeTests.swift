@@ -1,0 +1,83 @@
+import Testing
+import TCPTopCore
+
+@Suite struct TopScrapeTests {
+    @Test(arguments: [
+        ("http://127.0.0.1:9435/metrics", TopMetricsURL(host: "127.0.0.1", port: 9435, path: "/metrics")),
+        ("localhost", TopMetricsURL(host: "localhost", port: 9435, path: "/metrics")),
+        ("db1:9100", TopMetricsURL(host: "db1", port: 9100, path: "/metrics")),
+        ("HTTP://db1/", TopMetricsURL(host: "db1", port: 9435, path: "/metrics")),
+        ("http://[::1]:8080/x/metrics?a=b", TopMetricsURL(host: "::1", port: 8080, path: "/x/metrics?a=b")),
+        ("[fe80::1]", TopMetricsURL(host: "fe80::1", port: 9435, path: "/metrics")),
+    ])
+    func urls(text: String, url: TopMetricsURL) throws {
+        #expect(try TopMetricsURL(parsing: text) == url)
+    }
+
+    @Test(arguments: ["http://", "ftp://h", "http://[::1", "http://h:0/", "http://h:x", "http://[::1]x"])
+    func badURLs(text: String) {
+        #expect(throws: TopUsageError.self) { try TopMetricsURL(parsing: text) }
+    }
+
+    @Test func request() {
+        let url = TopMetricsURL(host: "::1", port: 9435, path: "/metrics")
+        #expect(url.description == "http://[::1]:9435/metrics")
+        #expect(url.request.hasPrefix("GET /metrics HTTP/1.1\r\nHost: [::1]:9435\r\n"))
+        #expect(url.request.contains("Connection: close\r\n") && url.request.hasSuffix("\r\n\r\n"))
+    }
+
+    @Test func replies() throws {
+        func body(_ text: String) throws -> String {
+            String(decoding: try TopScrape.body(ofReply: Array(text.utf8)), as: UTF8.self)
+        }
+        #expect(try body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") == "hello")
+        #expect(try body("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhello") == "he")
+        #expect(try body("HTTP/1.0 200 OK\r\n\r\nto the end") == "to the end")
+        #expect(try body("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n")
+            == "hello world")
+        #expect(throws: TopScrapeError("HTTP 503 Service Unavailable")) {
+            try body("HTTP/1.1 503 Service Unavailable\r\n\r\n")
+        }
+        #expect(throws: TopScrapeError("empty reply")) { try body("") }
+        #expect(throws: TopScrapeError.self) { try body("SSH-2.0-OpenSSH\r\n\r\n") }
+        #expect(throws: TopScrapeError.self) { try body("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nxx") }
+        #expect(throws: TopScrapeError.self) { try body("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort") }
+    }
+
+    @Test func exporterSeriesBecomeReadings() throws {
+        let text = """
+            # HELP tcptop_sent_bytes_total Bytes sent.
+            # TYPE tcptop_sent_bytes_total counter
+            tcptop_sent_bytes_total{pid="42",comm="we\\"ird\\nname",family="ipv4",laddr="127.0.0.1",lport="5000",raddr="127.0.0.1",rport="6000"} 2048
+            tcptop_sent_bytes_total{pid="43",comm="v6",family="ipv6",laddr="::1",lport="1",raddr="::1",rport="2"} 1
+            tcptop_sent_bytes_total{pid="__overflow__",comm="__overflow__",family="__overflow__",laddr="__overflow__",lport="__overflow__",raddr="__overflow__",rport="__overflow__"} 99
+            tcptop_received_bytes_total{pid="42",comm="we\\"ird\\nname",family="ipv4",laddr="127.0.0.1",lport="5000",raddr="127.0.0.1",rport="6000"} 1024
+            other_sent_bytes_total{pid="42",comm="x",family="ipv4",laddr="127.0.0.1",lport="5000",raddr="127.0.0.1",rport="6000"} 5
+            tcptop_process_resident_memory_bytes 1e+07
+            """
+        let readings = TopScrape.readings(from: try ExpositionParser.parse(text))
+        #expect(readings.count == 2)
+        let first = try #require(readings.first)
+        #expect(first.labels == ConnectionLabels(
+            pid: 42, comm: Array("we\"ird\nname".utf8), family: .ipv4, localAddress: "127.0.0.1", localPort: 5000,
+            remoteAddress: "127.0.0.1", remotePort: 6000))
+        #expect(first.sentBytes == 2048 && first.receivedBytes == 1024 && !first.closed)
+        #expect(readings[1].labels.family == .ipv6 && readings[1].sentBytes == 1 && readings[1].receivedBytes == 0)
+    }
+
+    @Test func baselineThenDeltasBetweenScrapes() throws {
+        func readings(_ sent: Int, _ extra: String = "") throws -> [TopCounterReading<ConnectionLabels>] {
+            TopScrape.readings(from: try ExpositionParser.parse("""
+                tcptop_sent_bytes_total{pid="1",comm="a",family="ipv4",laddr="1.1.1.1",lport="1",raddr="2.2.2.2",rport="2"} \(sent)
+                \(extra)
+                """))
+        }
+        var counter = TopIntervalCounter<ConnectionLabels>()
+        _ = counter.advance(try readings(5000))  // the baseline, not shown
+        #expect(counter.advance(try readings(5000)).isEmpty)
+        let rows = counter.advance(try readings(7048, """
+            tcptop_received_bytes_total{pid="2",comm="b",family="ipv4",laddr="1.1.1.1",lport="3",raddr="2.2.2.2",rport="2"} 1024
+            """))
+        #expect(rows.map { [$0.labels.pid, UInt32($0.sentBytes), UInt32($0.receivedBytes)] } == [[1, 2048, 0], [2, 0, 1024]])
+    }
+}
