@@ -91,12 +91,12 @@ public final class MetricsCollector: @unchecked Sendable {
         writer.sample(name: "tcptop_exporter_build_info", labels: [("version", info.version)], value: UInt64(1))
         writer.family(name: "tcptop_exporter_attach_mode", help: "How the BPF programs are attached (constant 1).", type: .gauge)
         writer.sample(name: "tcptop_exporter_attach_mode", labels: [("mode", info.attachMode)], value: UInt64(1))
-        writer.family(name: "tcptop_exporter_map_capacity", help: "Connection ends the kernel map can hold.", type: .gauge)
+        writer.family(name: "tcptop_exporter_map_capacity", help: "Sockets (and shared connection ends) the kernel side can track; past it, bytes are unattributed.", type: .gauge)
         writer.sample(name: "tcptop_exporter_map_capacity", value: UInt64(info.mapCapacity))
-        writer.family(name: "tcptop_exporter_map_entries", help: "Connection ends in the kernel map at the last read.", type: .gauge)
+        writer.family(name: "tcptop_exporter_map_entries", help: "Sockets tracked in the kernel at the last read.", type: .gauge)
         writer.sample(name: "tcptop_exporter_map_entries", value: UInt64(kernelEntries))
         writer.family(name: "tcptop_exporter_closes_not_recorded_total",
-                      help: "Socket closes the kernel could not record (closed map full); those ends stay until restart.",
+                      help: "Socket closes whose final counts did not fit the closed map; their last bytes went to tcptop_unattributed_bytes_total.",
                       type: .counter)
         writer.sample(name: "tcptop_exporter_closes_not_recorded_total", value: unattributed.closesNotRecorded)
         writer.family(name: "tcptop_exporter_connections", help: "Connection ends held by the exporter, open and recently closed.", type: .gauge)
