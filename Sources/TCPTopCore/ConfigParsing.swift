@@ -5,13 +5,23 @@ extension ExporterConfig {
     /// The configuration in the file at `path`, or the defaults when `path` is nil.
     public static func load(path: String?) throws -> ExporterConfig {
         guard let path else { return ExporterConfig() }
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ConfigError(key: "", problem: "cannot read \(path): \(oneLine(error))")
+        // POSIX reads, for an errno text ("No such file or directory") rather
+        // than Foundation's multi-line error description.
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ConfigError(key: "", problem: "cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count == 0 { break }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw ConfigError(key: "", problem: "cannot read \(path): \(String(cString: strerror(errno)))")
+            }
+            bytes += buffer[0..<count]
         }
-        return try parse(yaml: text)
+        return try parse(yaml: String(decoding: bytes, as: UTF8.self))
     }
 
     /// Parses YAML strictly: unknown keys, wrong types and bad values throw a `ConfigError`.

@@ -27,8 +27,8 @@ public final class Daemon: @unchecked Sendable {
     private var config: ExporterConfig
     private var collector: MetricsCollector!
     private var server: HTTPServer?
-    private let routesLock = NSLock()
-    private var routes: Routes
+    private let routerLock = NSLock()
+    private var router = HTTPRouter()
     private var lastStatus = ""
     private var timers: [DispatchSourceTimer] = []
     private var signalSources: [DispatchSourceSignal] = []
@@ -41,7 +41,6 @@ public final class Daemon: @unchecked Sendable {
         logSettings = LogSettings(level: config.log.level, format: config.log.format)
         let settings = logSettings
         log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
-        routes = Routes(telemetryPath: config.web.telemetryPath)
     }
 
     static func loadConfig(_ options: Options) throws -> ExporterConfig {
@@ -83,6 +82,7 @@ public final class Daemon: @unchecked Sendable {
             return 1
         }
         installSignalHandlers()
+        setRoutes(telemetryPath: config.web.telemetryPath)
         server?.start(handler: handler())
         startTimers()
         let listening = server?.boundAddresses.map(\.description).joined(separator: ", ") ?? ""
@@ -112,10 +112,12 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func handler() -> HTTPHandler {
-        { [self] request in
-            let routes = routesLock.withLock { self.routes }
-            return routes.respond(to: request, metrics: { self.collector.scrape() })
-        }
+        { [self] request in routerLock.withLock { router }.handle(request) }
+    }
+
+    private func setRoutes(telemetryPath: String) {
+        let router = exporterRouter(telemetryPath: telemetryPath, metrics: { [self] in collector.scrape() })
+        routerLock.withLock { self.router = router }
     }
 
     private func statusText() -> String {
@@ -224,7 +226,7 @@ public final class Daemon: @unchecked Sendable {
         kept.views = config.views
         kept.connections = config.connections
         config = kept
-        routesLock.withLock { routes = Routes(telemetryPath: kept.web.telemetryPath) }
+        setRoutes(telemetryPath: kept.web.telemetryPath)
     }
 }
 

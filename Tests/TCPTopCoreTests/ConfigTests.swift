@@ -154,7 +154,7 @@ import TCPTopCore
         let error = try #require(throws: ConfigError.self) {
             try ExporterConfig.load(path: "/nonexistent/tcptop-exporter.yml")
         }
-        #expect(error.description.hasPrefix("config: cannot read /nonexistent/tcptop-exporter.yml: "))
+        #expect(error.description == "config: cannot read /nonexistent/tcptop-exporter.yml: No such file or directory")
         #expect(!error.description.contains("\n"))
     }
 
