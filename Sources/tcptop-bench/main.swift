@@ -1,1 +1,139 @@
-print("bench: not written yet")
+import Foundation
+import Glibc
+
+/// tcptop-bench: the figures of the README's performance table, as one table.
+///
+///   tcptop-bench [FIGURE...] [--only NAME...] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]
+///
+/// FIGURE is 1-6, NAME one of bpf, throughput, scrape, churn, idle, startup.
+/// Internal modes (the bench runs itself as a child):
+///   --peer pingpong PORT      the other process of the ping-pong (figure 2b)
+///   --synthetic-scrape N      one synthetic scrape size (figure 3)
+
+struct Settings {
+    var figures: Set<Int> = Set(1...6)
+    var quick = false
+    /// Rounds per median (figures 1, 3, 6).
+    var rounds = 5
+    /// Throughput ratios are the noisiest figures: more rounds, each this long.
+    var throughputRounds = 7
+    var roundSeconds = 1.0
+    var streamEvents = 300_000
+    var realSeries = [1_000, 10_000]
+    var syntheticSeries = [10_000, 100_000, 1_000_000]
+    var churnSeconds = 3.0
+    var idleSeconds = 60.0
+    var churnConfig: String?
+
+    static let figureNames = ["bpf": 1, "throughput": 2, "scrape": 3, "churn": 4, "idle": 5, "startup": 6]
+
+    mutating func makeQuick() {
+        quick = true
+        rounds = 3
+        throughputRounds = 3
+        roundSeconds = 0.3
+        streamEvents = 50_000
+        syntheticSeries = [10_000, 100_000]
+        churnSeconds = 1
+        idleSeconds = 5
+    }
+}
+
+func usageError(_ text: String) -> Never {
+    FileHandle.standardError.write(Data("tcptop-bench: \(text)\n".utf8))
+    exit(2)
+}
+
+func parseArguments(_ arguments: [String]) -> Settings {
+    var settings = Settings()
+    var chosen: Set<Int> = []
+    var idleSeconds: Double?
+    var churnSeconds: Double?
+    var rest = arguments[...]
+    func value(_ option: String) -> String {
+        guard let value = rest.popFirst() else { usageError("\(option) needs a value") }
+        return value
+    }
+    while let argument = rest.popFirst() {
+        switch argument {
+        case "--quick": settings.makeQuick()
+        case "--only":
+            let name = value(argument)
+            guard let figure = Settings.figureNames[name] else {
+                usageError("--only: unknown figure \"\(name)\" (\(Settings.figureNames.keys.sorted().joined(separator: ", ")))")
+            }
+            chosen.insert(figure)
+        case "--idle-seconds":
+            guard let seconds = Double(value(argument)), seconds > 0 else { usageError("--idle-seconds needs a positive number") }
+            idleSeconds = seconds
+        case "--churn-config": settings.churnConfig = value(argument)
+        case "--churn-seconds":
+            guard let seconds = Double(value(argument)), seconds > 0 else { usageError("--churn-seconds needs a positive number") }
+            churnSeconds = seconds
+        case "-h", "--help":
+            print("usage: tcptop-bench [1-6...] [--only bpf|throughput|scrape|churn|idle|startup] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]")
+            exit(0)
+        default:
+            guard let figure = Int(argument), (1...6).contains(figure) else { usageError("unknown argument \"\(argument)\"") }
+            chosen.insert(figure)
+        }
+    }
+    if !chosen.isEmpty { settings.figures = chosen }
+    if let idleSeconds { settings.idleSeconds = idleSeconds }
+    if let churnSeconds { settings.churnSeconds = churnSeconds }
+    return settings
+}
+
+// MARK: Entry
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "--peer":
+    guard arguments.count == 3, arguments[1] == "pingpong", let port = UInt16(arguments[2]) else { usageError("--peer pingpong PORT") }
+    do { try ThroughputFigure.pingPongPeer(port: port) } catch { usageError("peer: \(error)") }
+    exit(0)
+case "--synthetic-scrape":
+    guard arguments.count == 2, let series = Int(arguments[1]), series > 0 else { usageError("--synthetic-scrape N") }
+    ScrapeFigure.syntheticChild(series: series, rounds: 5)
+    exit(0)
+default:
+    break
+}
+
+let settings = parseArguments(arguments)
+guard getuid() == 0 else {
+    usageError("must run as root (it loads BPF programs and starts tcptop-exporter)")
+}
+Cleanup.shared.installSignalHandlers()
+
+print(Table.header(quick: settings.quick))
+let figures: [(number: Int, name: String, run: (Settings) -> [Row])] = [
+    (1, "BPF time per event", BPFCostFigure.run),
+    (2, "throughput on/off", ThroughputFigure.run),
+    (3, "scrape", ScrapeFigure.run),
+    (4, "churn", ChurnFigure.run),
+    (5, "idle", IdleFigure.run),
+    (6, "start-up", StartupFigure.run),
+]
+var rows: [Row] = []
+let benchStart = now()
+for figure in figures where settings.figures.contains(figure.number) {
+    let start = now()
+    FileHandle.standardError.write(Data("… figure \(figure.number): \(figure.name)\n".utf8))
+    let figureRows = figure.run(settings)
+    rows += figureRows
+    FileHandle.standardError.write(Data("  done in \(format(now() - start)) s: \(figureRows.map(\.measured).joined(separator: "; "))\n".utf8))
+}
+Cleanup.shared.run()
+
+print()
+print(Table.render(rows))
+print()
+if settings.figures.contains(1) {
+    print("Figure 1 enables BPF run-time statistics with BPF_ENABLE_STATS (an fd, closed on exit): kernel.bpf_stats_enabled is never changed, so there is nothing to restore, even after a crash.")
+}
+if settings.figures.contains(3) {
+    print("Figure 3 synthetic: the daemon's registry + renderer in a child process (update of every series, then render), peak RSS of that child; the kernel read is timed in the real rows.")
+}
+print("Total \(format(now() - benchStart, 0)) s.")
+exit(rows.contains(where: \.failed) ? 1 : 0)  // a missed target is a result, not a failure

@@ -1,0 +1,77 @@
+import Foundation
+import Glibc
+import TCPTopBPF
+
+/// Figure 1: BPF time per send/recv event, from the kernel's own accounting
+/// (run_time_ns / run_cnt per program) during a stream of 1-byte sends.
+enum BPFCostFigure {
+    static func run(_ settings: Settings) -> [Row] {
+        do {
+            // BPF_ENABLE_STATS through an fd: accounting ends when it is
+            // closed (or the process dies); kernel.bpf_stats_enabled is untouched.
+            let statistics = try RunTimeStatistics()
+            defer { withExtendedLifetime(statistics) {} }
+
+            // A tgid no process can have: every event is filtered out right
+            // after reading the tgid, which leaves the fixed cost of the hook.
+            let noSuchPID = UInt32(pidMax() + 1)
+            var counted: [String: [Double]] = [:], filtered: [String: [Double]] = [:]
+            for _ in 0..<settings.rounds {
+                // Counting and filtered tracers alternate, never attached together.
+                for (name, cost) in try round(events: settings.streamEvents, options: .init()) {
+                    counted[name, default: []].append(cost)
+                }
+                for (name, cost) in try round(events: settings.streamEvents, options: .init(targetPID: noSuchPID)) {
+                    filtered[name, default: []].append(cost)
+                }
+            }
+            var rows: [Row] = []
+            for (program, label) in [("tcptop_send", "send"), ("tcptop_recv", "recv")] {
+                let cost = median(counted[program] ?? [])
+                rows.append(Row(figure: "1 BPF time per \(label) event", measured: format(cost) + " ns",
+                                target: "≤ 50 ns", met: cost <= 50))
+            }
+            let baseline = ["tcptop_send", "tcptop_recv"].map { format(median(filtered[$0] ?? [])) }
+            rows.append(Row(figure: "1 baseline: hook + pid filter only, send/recv",
+                            measured: baseline.joined(separator: " / ") + " ns"))
+            return rows
+        } catch {
+            return [Row.failed("1 BPF time per event", error)]
+        }
+    }
+
+    /// Attaches a tracer, streams `events` 1-byte sends to a draining
+    /// receiver, returns nanoseconds per run of each program.
+    private static func round(events: Int, options: TCPTracer.Options) throws -> [String: Double] {
+        let tracer = try TCPTracer.start(options)
+        let (listener, port) = try Loopback.listen()
+        defer { close(listener) }
+        let (client, server) = try Loopback.pair(listener: listener, port: port)
+        defer { close(client) }
+        let receiver = Worker { () -> Int in
+            defer { close(server) }
+            return Loopback.drain(server)
+        }
+
+        let before = tracer.programStats()
+        var byte: UInt8 = 1
+        for _ in 0..<events {
+            guard send(client, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 else { break }
+        }
+        shutdown(client, Int32(SHUT_WR))
+        _ = receiver.join()
+        let after = tracer.programStats()
+
+        var costs: [String: Double] = [:]
+        for end in after {
+            guard let start = before.first(where: { $0.name == end.name }), end.runCount > start.runCount else { continue }
+            costs[end.name] = Double(end.runTimeNanoseconds - start.runTimeNanoseconds) / Double(end.runCount - start.runCount)
+        }
+        return costs
+    }
+
+    private static func pidMax() -> Int {
+        let text = (try? String(contentsOfFile: "/proc/sys/kernel/pid_max", encoding: .utf8)) ?? ""
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 4_194_304
+    }
+}

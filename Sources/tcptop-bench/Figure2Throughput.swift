@@ -1,0 +1,146 @@
+import Foundation
+import Glibc
+
+/// Figure 2: throughput with the daemon running (tracer on) over without it
+/// (off), rounds alternating on, off, on, off… so that the machine's noise
+/// falls on both sides alike.
+enum ThroughputFigure {
+    static func run(_ settings: Settings) -> [Row] {
+        let workloads: [(name: String, unit: String, target: Double, measure: (Double) throws -> Double)] = [
+            ("2a 1-byte send loop, on/off", "sends", 0.95, sendLoop),
+            ("2b 1-byte ping-pong (2 processes), on/off", "round trips", 0.95, pingPong),
+            ("2c bulk 64 KiB writes, on/off", "B", 0.99, bulk),
+        ]
+        var on = [[Double]](repeating: [], count: workloads.count)
+        var off = on
+        var foreignRounds = 0
+        do {
+            for _ in 0..<settings.throughputRounds {
+                for tracerOn in [true, false] {
+                    let daemon = tracerOn ? try DaemonUnderTest() : nil
+                    if LoadedPrograms.count(named: "tcptop_send") > (tracerOn ? 1 : 0) { foreignRounds += 1 }
+                    for (index, workload) in workloads.enumerated() {
+                        let rate = try workload.measure(settings.roundSeconds)
+                        if tracerOn { on[index].append(rate) } else { off[index].append(rate) }
+                    }
+                    daemon?.stop()
+                }
+            }
+        } catch {
+            return [Row.failed("2 throughput", error)]
+        }
+        // Said on every row: the ratio understates the cost when "off" was not off.
+        let caveat = foreignRounds == 0 ? ""
+            : "; another tcptop tracer was attached in \(foreignRounds) of \(2 * settings.throughputRounds) rounds"
+        return workloads.enumerated().map { index, workload in
+            let (rateOn, rateOff) = (median(on[index]), median(off[index]))
+            let ratio = rateOn / rateOff
+            return Row(figure: workload.name,
+                       measured: "\(format(ratio, 3)) (on \(formatRate(rateOn, unit: workload.unit)), off \(formatRate(rateOff, unit: workload.unit)))\(caveat)",
+                       target: "≥ \(workload.target)", met: ratio >= workload.target)
+        }
+    }
+
+    /// (a) One connection; this thread sends 1 byte per call as fast as it
+    /// can (Nagle left on: the cheapest send, so the hook's share is largest),
+    /// a second thread drains. Returns send calls per second.
+    static func sendLoop(seconds: Double) throws -> Double {
+        let (listener, port) = try Loopback.listen()
+        defer { close(listener) }
+        let (client, server) = try Loopback.pair(listener: listener, port: port)
+        defer { close(client) }
+        let receiver = Worker { () -> Int in
+            defer { close(server) }
+            return Loopback.drain(server)
+        }
+        var byte: UInt8 = 1
+        var sends = 0
+        let start = now()
+        var elapsed = 0.0
+        repeat {
+            for _ in 0..<256 {  // the clock is read once per batch, not per send
+                guard send(client, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 else { throw BenchError("send: \(errnoText())") }
+                sends += 1
+            }
+            elapsed = now() - start
+        } while elapsed < seconds
+        shutdown(client, Int32(SHUT_WR))
+        _ = receiver.join()
+        return Double(sends) / elapsed
+    }
+
+    /// (b) 1-byte request, 1-byte response, with a peer process
+    /// (`tcptop-bench --peer pingpong PORT`). Returns round trips per second.
+    static func pingPong(seconds: Double) throws -> Double {
+        let (listener, port) = try Loopback.listen()
+        defer { close(listener) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)  // accept gives up if the peer never connects
+        setsockopt(listener, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let peer = Process()
+        peer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        peer.arguments = ["--peer", "pingpong", "\(port)"]
+        peer.standardOutput = FileHandle.nullDevice
+        try peer.run()
+        Cleanup.shared.track(peer.processIdentifier)
+        defer {
+            peer.waitUntilExit()
+            Cleanup.shared.untrack(peer.processIdentifier)
+        }
+        let fd = try Loopback.accept(listener)
+        defer { close(fd) }  // the peer sees EOF and exits
+        Loopback.setNoDelay(fd)
+
+        var byte: UInt8 = 1
+        var trips = 0
+        let start = now()
+        var elapsed = 0.0
+        repeat {
+            for _ in 0..<64 {
+                guard send(fd, &byte, 1, Int32(MSG_NOSIGNAL)) == 1, recv(fd, &byte, 1, 0) == 1 else {
+                    throw BenchError("ping-pong peer went away: \(errnoText())")
+                }
+                trips += 1
+            }
+            elapsed = now() - start
+        } while elapsed < seconds
+        return Double(trips) / elapsed
+    }
+
+    /// The peer side of (b): echoes each byte until the other end closes.
+    static func pingPongPeer(port: UInt16) throws {
+        let fd = try Loopback.connect(port: port)
+        defer { close(fd) }
+        Loopback.setNoDelay(fd)
+        var byte: UInt8 = 0
+        while recv(fd, &byte, 1, 0) == 1 {
+            guard send(fd, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 else { return }
+        }
+    }
+
+    /// (c) One connection, 64 KiB per send, a thread draining. Returns bytes per second.
+    static func bulk(seconds: Double) throws -> Double {
+        let (listener, port) = try Loopback.listen()
+        defer { close(listener) }
+        let (client, server) = try Loopback.pair(listener: listener, port: port)
+        defer { close(client) }
+        let receiver = Worker { () -> Int in
+            defer { close(server) }
+            return Loopback.drain(server)
+        }
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
+        defer { chunk.deallocate() }
+        chunk.initializeMemory(as: UInt8.self, repeating: 7)
+        var bytes = 0
+        let start = now()
+        var elapsed = 0.0
+        repeat {
+            let sent = send(client, chunk.baseAddress, chunk.count, Int32(MSG_NOSIGNAL))
+            guard sent > 0 else { throw BenchError("bulk send: \(errnoText())") }
+            bytes += sent
+            elapsed = now() - start
+        } while elapsed < seconds
+        shutdown(client, Int32(SHUT_WR))
+        _ = receiver.join()
+        return Double(bytes) / elapsed
+    }
+}
