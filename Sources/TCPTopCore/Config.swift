@@ -39,7 +39,7 @@ public struct ConnectionsConfig: Equatable, Sendable {
     /// How long a closed connection's series stays after its last activity.
     public var closedRetention: Duration = .seconds(300)
     /// How often closed connections are collected between scrapes.
-    public var pollInterval: Duration = .seconds(5)
+    public var pollInterval: Duration = .seconds(1)
 
     public init() {}
 }

@@ -34,7 +34,8 @@ extension SeriesView {
 
         // 20 digits, a space and a newline, plus the name, per sample.
         let sampleBytes = renderedSeriesCount * (max(sentName.count, receivedName.count) + 22) + labelTextBytes
-        writer.bytes.reserveCapacity(writer.bytes.count + 2 * sampleBytes + 512)
+        // Room for the self-metrics too, so the buffer is allocated once.
+        writer.bytes.reserveCapacity(writer.bytes.count + 2 * sampleBytes + 8192)
 
         writeFamily(name: sentName, help: ConnectionRegistry.sentHelp, sums: sent, into: &writer)
         writeFamily(name: receivedName, help: ConnectionRegistry.receivedHelp, sums: received, into: &writer)

@@ -58,7 +58,7 @@ public final class MetricsCollector: @unchecked Sendable {
         defer { lock.unlock() }
         let start = monotonicSeconds()
         do { try readKernel() } catch { readErrors += 1 }
-        var writer = ExpositionWriter(reservingCapacity: 256 * (registry.liveEntries + 64))
+        var writer = ExpositionWriter(reservingCapacity: 16384)  // render() reserves what the series need
         registry.render(into: &writer)
         writeSelfMetrics(into: &writer)
         ProcessMetrics.read()?.write(into: &writer)

@@ -12,7 +12,7 @@ import TCPTopCore
         #expect(config.web.writeTimeout == .seconds(30))
         #expect(config.bpf.mapCapacity == 65536)
         #expect(config.connections.closedRetention == .seconds(300))
-        #expect(config.connections.pollInterval == .seconds(5))
+        #expect(config.connections.pollInterval == .seconds(1))
         #expect(config.views == [ViewConfig(prefix: "tcptop", labels: [.pid, .comm, .family, .laddr, .lport, .raddr, .rport], maxSeries: 0)])
         #expect(config.log.level == .info)
         #expect(config.log.format == .logfmt)
