@@ -6,7 +6,7 @@
 public final class ConnectionRegistry {
     /// Closed connection ends (and series left without members) are kept
     /// this long after their last activity.
-    public let closedRetention: Double
+    public var closedRetention: Double
 
     /// Dense: an expired entry is replaced by the last one, and every view's
     /// `slotOfEntry` mirrors that move.

@@ -84,7 +84,7 @@ public final class Daemon: @unchecked Sendable {
         installSignalHandlers()
         setRoutes(telemetryPath: config.web.telemetryPath)
         server?.start(handler: handler())
-        startTimers()
+        queue.sync { startTimers(pollInterval: config.connections.pollInterval.inSeconds) }
         let listening = server?.boundAddresses.map(\.description).joined(separator: ", ") ?? ""
         log.info("listening", metadata: ["address": "\(listening)", "telemetry_path": "\(config.web.telemetryPath)"])
         notifier.ready(status: statusText())
@@ -127,8 +127,7 @@ public final class Daemon: @unchecked Sendable {
 
     // MARK: Timers: polling and the watchdog
 
-    private func startTimers() {
-        let pollInterval = config.connections.pollInterval.inSeconds
+    private func startTimers(pollInterval: Double) {
         timers.append(repeating(every: pollInterval) { [self] in
             do {
                 try collector.poll()
@@ -194,9 +193,14 @@ public final class Daemon: @unchecked Sendable {
             return
         }
         logSettings.set(level: new.log.level, format: new.log.format)
-        if new.bpf.mapCapacity != config.bpf.mapCapacity || new.views != config.views
-            || new.connections != config.connections {
-            log.warning("bpf, connections and views settings take effect at the next restart")
+        if new.bpf != config.bpf || new.views != config.views {
+            log.warning("bpf and views settings take effect at the next restart")
+        }
+        if new.connections != config.connections {
+            collector.setClosedRetention(seconds: new.connections.closedRetention.inSeconds)
+            for timer in timers { timer.cancel() }
+            timers = []
+            startTimers(pollInterval: new.connections.pollInterval.inSeconds)
         }
         if new.web != config.web {
             // Listeners are rebound only when the web settings changed; on
@@ -224,7 +228,6 @@ public final class Daemon: @unchecked Sendable {
         // What only a restart can change stays as it runs (see reload()).
         kept.bpf = config.bpf
         kept.views = config.views
-        kept.connections = config.connections
         config = kept
         setRoutes(telemetryPath: kept.web.telemetryPath)
     }

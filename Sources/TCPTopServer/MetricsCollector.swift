@@ -38,6 +38,11 @@ public final class MetricsCollector: @unchecked Sendable {
         try readKernel()
     }
 
+    /// A reloaded retention applies from the next read on.
+    public func setClosedRetention(seconds: Double) {
+        lock.withLock { registry.closedRetention = seconds }
+    }
+
     /// Seconds since the kernel was last read successfully (for the watchdog).
     public var secondsSinceLastRead: Double {
         lock.lock()

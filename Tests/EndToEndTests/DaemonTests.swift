@@ -100,6 +100,21 @@ struct DaemonTests {
         #expect(try daemon.get("/", host: "::1").status == 200)
     }
 
+    @Test func aReloadAppliesANewRetention() throws {
+        let path = try writeConfig("connections:\n  closed_retention: 1h\n  poll_interval: 200ms\n")
+        let daemon = try ExporterProcess(arguments: ["--config.file", path])
+        try daemon.waitReady()
+        let exchange = try TrafficPeers.exchange(
+            family: "6", clientName: "tt-reload-c", serverName: "tt-reload-s", clientSends: 99, serverSends: 1)
+        let labels = ["pid": "\(exchange.clientPID)", "comm": "tt-reload-c"]
+        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == 99)
+        try "connections:\n  closed_retention: 300ms\n  poll_interval: 100ms\n".write(toFile: path, atomically: true, encoding: .utf8)
+        daemon.signal(SIGHUP)
+        usleep(1_000_000)
+        #expect(daemon.log.contains("configuration reloaded"))
+        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == nil)
+    }
+
     @Test func routesAnswerLikeAnExporter() throws {
         let daemon = try ExporterProcess(arguments: ["--web.telemetry-path=/probe"])
         try daemon.waitReady()
