@@ -7,7 +7,8 @@
 PREFIX ?= /usr/local
 SWIFT ?= swift
 # Debian packages the build and the tests need (clang comes with the Swift toolchain).
-DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev bpftool prometheus python3 curl util-linux
+DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev bpftool prometheus python3 curl util-linux \
+	systemd-container mmdebstrap binutils
 
 .PHONY: deps build release run test bench install clean
 
@@ -28,8 +29,10 @@ run: release
 	.build/release/tcptop-exporter --config.file=Config/tcptop-exporter.yml
 
 # The end-to-end tests start the built executables: build them first.
+# Then the shipped unit under a real systemd (systemd-nspawn container).
 test: build
 	$(SWIFT) test
+	Tests/system/container-test.sh
 
 bench: release
 	.build/release/tcptop-bench

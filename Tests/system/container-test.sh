@@ -1,0 +1,398 @@
+#!/bin/bash
+# The shipped systemd unit under a REAL systemd: boots a small Debian 12 root
+# filesystem with systemd-nspawn, installs the daemon, its config and its
+# unit there the way `make install` does, and checks, inside the container:
+# start waits for READY=1, status, exact bytes in /metrics, reload, the
+# watchdog, Restart=on-failure, stop leaves no BPF programs, the unit's
+# sandbox (unprivileged user, only CAP_BPF and CAP_PERFMON) and its
+# `systemd-analyze security` exposure score.
+#
+#   sudo Tests/system/container-test.sh        (root; Debian 12 host, kernel >= 6.3)
+#
+# Installs what it needs with apt (systemd-container, mmdebstrap, bpftool).
+# The root filesystem is built once from the Debian mirror this machine's
+# apt uses and cached under .cache/system-test/ (keyed by its package list);
+# each run boots it with a throwaway tmpfs overlay, so it stays clean. The
+# daemon is built with the Swift stdlib linked statically into
+# .build-static/. Prints "ok - ..." / "not ok - ...: why" per check, the
+# measured figures as "# figure: ...", and last "N passed, N failed"; exits
+# non-zero when a check failed. Logs of the last run: .cache/system-test/logs/.
+#
+# Environment: TCPTOP_SYSTEM_TEST_TIMEOUT (seconds, whole run, default 600),
+# TCPTOP_DEBIAN_MIRROR (instead of the one from apt's configuration),
+# TCPTOP_SYSTEM_TEST_UNIT (a unit file to try instead of systemd/tcptop-exporter.service).
+
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+# One bound for the whole run; timeout signals the whole process group, the
+# trap below reports and cleans up.
+if [ -z "${_TCPTOP_SYSTEM_TEST_TIMED:-}" ]; then
+    export _TCPTOP_SYSTEM_TEST_TIMED=1
+    exec timeout -k 30 "${TCPTOP_SYSTEM_TEST_TIMEOUT:-600}" "$0" "$@"
+fi
+
+. "$here/lib.sh"
+
+suite=bookworm
+rootfs_packages=(systemd systemd-sysv dbus libbpf1 libelf1 libsystemd0 zlib1g libstdc++6
+    curl iproute2 bpftool python3)
+host_packages=(systemd-container mmdebstrap bpftool util-linux coreutils binutils)
+unit=tcptop-exporter.service
+cache="$root/.cache/system-test"
+logs="$cache/logs"
+machine="tcptop-test-$$"
+stage=""
+
+# The container's whole journal, for the logs.
+save_journal() {
+    if [ -n "$NSPAWN_PID" ] && [ -n "$CONTAINER_PID" ]; then
+        inside journalctl --no-pager -o short-monotonic >"$logs/journal.txt" 2>&1
+    fi
+}
+
+finish() {
+    local status=$?
+    trap - EXIT INT TERM
+    save_journal
+    stop_container
+    [ -n "$stage" ] && rm -rf "$stage"
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && [ "$status" -eq 0 ] && exit 0
+    exit 1
+}
+trap finish EXIT
+trap 'not_ok "the whole run" "interrupted or past the global timeout"; exit 1' INT TERM
+
+if [ "$(id -u)" -ne 0 ]; then
+    not_ok "setup" "needs root (BPF, systemd-nspawn)"
+    exit 1
+fi
+mkdir -p "$logs"
+rm -f "$logs"/*
+
+# --- host: packages, the daemon, the root filesystem --------------------------
+
+if ! ensure_host_packages "${host_packages[@]}"; then
+    not_ok "host packages installed" "apt-get failed for ${host_packages[*]}"
+    exit 1
+fi
+
+started=$(now_ns)
+if ! (cd "$root" && swift build -c release --static-swift-stdlib --product tcptop-exporter \
+    --scratch-path .build-static) >"$logs/swift-build.txt" 2>&1; then
+    not_ok "daemon built with the Swift stdlib linked statically" "swift build failed: $(tail -5 "$logs/swift-build.txt")"
+    exit 1
+fi
+figure "static build of the daemon: $(seconds_since "$started") s"
+binary="$root/.build-static/release/tcptop-exporter"
+# Only libraries a Debian system has from its own packages, no Swift runtime.
+needed=$(objdump -p "$binary" | awk '$1 == "NEEDED" { print $2 }' | sort | paste -sd' ' -)
+unexpected=$(tr ' ' '\n' <<<"$needed" | grep -Ev '^(libbpf|libelf|libz|libsystemd|libc|libm|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so\.[0-9.]+$')
+if [ -z "$unexpected" ]; then
+    ok "daemon built with the Swift stdlib linked statically (needs only: $needed)"
+else
+    not_ok "daemon built with the Swift stdlib linked statically" "unexpected libraries: $(paste -sd' ' - <<<"$unexpected")"
+fi
+
+if ensure_rootfs "$cache" "$suite" "${rootfs_packages[@]}"; then
+    if [ "$ROOTFS_BUILT_NOW" = yes ]; then
+        figure "root filesystem build: $ROOTFS_BUILD_SECONDS s, $(du -sm "$ROOTFS" | cut -f1) MB"
+    else
+        figure "root filesystem: cached (its build took $ROOTFS_BUILD_SECONDS s)"
+    fi
+    ok "Debian $suite root filesystem ready"
+else
+    not_ok "Debian $suite root filesystem ready" "mmdebstrap failed (see $cache/mmdebstrap.log)"
+    exit 1
+fi
+
+# What `make install` puts in place, copied fresh into every run.
+stage=$(mktemp -d /tmp/tcptop-system-test.XXXXXX)
+install -m 0755 "$binary" "$stage/tcptop-exporter"
+install -m 0644 "$root/Config/tcptop-exporter.yml" "$here/traffic-in-container.sh" "$root/Tests/traffic_peer.py" "$stage/"
+install -m 0644 "${TCPTOP_SYSTEM_TEST_UNIT:-$root/systemd/$unit}" "$stage/$unit"
+chmod 0755 "$stage"
+
+# Programs named tcptop_* before the run (other daemons on this host).
+tcptop_program_ids >"$logs/programs-before.txt"
+
+# --- boot ---------------------------------------------------------------------
+
+started=$(now_ns)
+if ! boot_container "$ROOTFS" "$machine" "$stage" "$logs/nspawn.txt"; then
+    not_ok "container boots systemd" "no systemd manager in time: $(tail -5 "$logs/nspawn.txt")"
+    exit 1
+fi
+state=$(inside systemctl is-system-running --wait 2>&1)
+figure "container boot to '$state': $(seconds_since "$started") s"
+if [ "$state" = running ]; then
+    ok "container boots systemd to 'running'"
+else
+    not_ok "container boots systemd to 'running'" "state '$state': $(inside systemctl --failed --no-legend 2>&1 | paste -sd' ' -)"
+fi
+
+# Installed the way `make install` installs it.
+if inside_sh '
+    set -e
+    install -D -m 0755 /opt/tcptop-stage/tcptop-exporter /usr/local/bin/tcptop-exporter
+    install -D -m 0644 /opt/tcptop-stage/tcptop-exporter.yml /etc/tcptop-exporter/tcptop-exporter.yml
+    install -D -m 0644 /opt/tcptop-stage/tcptop-exporter.service /etc/systemd/system/tcptop-exporter.service
+    systemctl daemon-reload' >"$logs/install.txt" 2>&1 &&
+    missing=$(inside ldd /usr/local/bin/tcptop-exporter 2>&1 | grep 'not found'; true) && [ -z "$missing" ]; then
+    ok "binary, config and unit installed like 'make install'; every library found in the container"
+else
+    not_ok "binary, config and unit installed like 'make install'" "$(cat "$logs/install.txt") ${missing:-}"
+    exit 1
+fi
+
+show() { # show PROPERTY: one property of the unit
+    inside systemctl show -P "$1" "$unit"
+}
+
+journal() { # the unit's journal, message text only
+    inside journalctl --no-pager -o cat -u "$unit"
+}
+
+# --- start: returns once READY=1 arrived --------------------------------------
+
+# Timed inside the container, and /metrics fetched right after start returns:
+# a Type=notify start that returns before READY would show here as a failure.
+start_out=$(inside_sh '
+    t0=$(date +%s%N)
+    systemctl start tcptop-exporter
+    rc=$?
+    t1=$(date +%s%N)
+    code=$(curl -s -o /dev/null -w "%{http_code}" http://localhost:9435/metrics)
+    echo "rc=$rc ms=$(( (t1 - t0) / 1000000 )) http=$code"' 2>&1)
+start_ms=$(sed -n 's/.*ms=\([0-9]*\).*/\1/p' <<<"$start_out")
+exec_us=$(show ExecMainStartTimestampMonotonic)
+active_us=$(show ActiveEnterTimestampMonotonic)
+figure "systemctl start tcptop-exporter returned after ${start_ms:-?} ms;" \
+    "exec to READY=1 (ActiveEnter - ExecMainStart): $(((active_us - exec_us) / 1000)) ms"
+if [[ "$start_out" == "rc=0 "*"http=200" ]] && [ "$(show Type)" = notify ]; then
+    ok "systemctl start returns once READY=1 arrived (Type=notify; /metrics answers 200 right after)"
+else
+    not_ok "systemctl start returns once READY=1 arrived" "$start_out; $(journal | tail -5 | paste -sd'|' -)"
+fi
+
+status=$(inside systemctl status --no-pager "$unit" 2>&1)
+status_text=$(show StatusText)
+echo "$status" >"$logs/status.txt"
+if grep -q 'Active: active (running)' <<<"$status" && [ -n "$status_text" ] &&
+    grep -Fq "Status: \"$status_text\"" <<<"$status"; then
+    ok "systemctl status shows 'active (running)' and the daemon's STATUS= text: \"$status_text\""
+else
+    not_ok "systemctl status shows 'active (running)' and the STATUS= text" "$(head -8 <<<"$status" | paste -sd'|' -)"
+fi
+
+# --- the sandbox: unprivileged, only the capabilities the unit grants ---------
+
+main_pid=$(show MainPID)
+proc_status=$(inside cat "/proc/$main_pid/status")
+field() { awk -v f="$1:" '$1 == f { print $2 }' <<<"$proc_status"; }
+uid=$(field Uid)
+# CAP_PERFMON is bit 38, CAP_BPF bit 39: AmbientCapabilities=CAP_BPF CAP_PERFMON.
+want_caps=000000c000000000
+caps="eff=$(field CapEff) prm=$(field CapPrm) amb=$(field CapAmb) bnd=$(field CapBnd) inh=$(field CapInh)"
+granted=$(show AmbientCapabilities)
+if [ -n "$uid" ] && [ "$uid" -ge 61184 ] && [ "$uid" -le 65519 ] &&
+    [ "$caps" = "eff=$want_caps prm=$want_caps amb=$want_caps bnd=$want_caps inh=$want_caps" ] &&
+    [ "$(tr ' ' '\n' <<<"$granted" | sort | paste -sd' ' -)" = "cap_bpf cap_perfmon" ] &&
+    [ "$(field NoNewPrivs)" = 1 ] && [ "$(field Seccomp)" = 2 ] && [ "$(show User)" = tcptop-exporter ]; then
+    ok "runs as dynamic user tcptop-exporter (uid $uid) with only CAP_BPF and CAP_PERFMON, no_new_privs, seccomp"
+else
+    not_ok "runs unprivileged with only CAP_BPF and CAP_PERFMON" "uid=$uid $caps granted='$granted' NoNewPrivs=$(field NoNewPrivs) Seccomp=$(field Seccomp)"
+fi
+
+# --- systemd-analyze security -------------------------------------------------
+
+inside systemd-analyze security --no-pager "$unit" >"$logs/security.txt" 2>&1
+score=$(sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p' "$logs/security.txt")
+figure "systemd-analyze security $unit: exposure ${score:-?} ($(grep -o 'Overall exposure level.*' "$logs/security.txt" | sed 's/.*: //'))"
+if [ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }'; then
+    ok "systemd-analyze security: exposure $score <= 2.0"
+else
+    not_ok "systemd-analyze security: exposure <= 2.0" "got '${score:-none}' (see $logs/security.txt)"
+fi
+
+# --- exact bytes for traffic made inside the container ------------------------
+
+# The peers hold their sockets open until released, so their pids can be
+# mapped to the host's pid namespace, the one BPF (bpf_get_current_pid_tgid)
+# and so the pid label use.
+traffic_dir=/run/tcptop-traffic
+INSIDE_TIMEOUT=90 inside /bin/bash /opt/tcptop-stage/traffic-in-container.sh \
+    /opt/tcptop-stage/traffic_peer.py "$traffic_dir" >"$logs/traffic.txt" 2>&1 &
+traffic_job=$!
+peers_file="/proc/$CONTAINER_PID/root$traffic_dir/peers"
+for _ in $(seq 300); do
+    [ -s "$peers_file" ] && break
+    kill -0 "$traffic_job" 2>/dev/null || break
+    sleep 0.1
+done
+expected=()
+if [ -s "$peers_file" ]; then
+    while read -r tag family server_pid server_port client_pid client_port client_sends server_sends; do
+        host_server=$(host_pid_of "$server_pid")
+        host_client=$(host_pid_of "$client_pid")
+        if [ "$family" = 4 ]; then fam=ipv4 addr=127.0.0.1; else fam=ipv6 addr=::1; fi
+        client="comm=\"tt-$tag-cli\",family=\"$fam\",laddr=\"$addr\",lport=\"$client_port\",raddr=\"$addr\",rport=\"$server_port\"}"
+        server="comm=\"tt-$tag-srv\",family=\"$fam\",laddr=\"$addr\",lport=\"$server_port\",raddr=\"$addr\",rport=\"$client_port\"}"
+        expected+=(
+            "tcptop_sent_bytes_total{pid=\"$host_client\",$client $client_sends"
+            "tcptop_received_bytes_total{pid=\"$host_client\",$client $server_sends"
+            "tcptop_sent_bytes_total{pid=\"$host_server\",$server $server_sends"
+            "tcptop_received_bytes_total{pid=\"$host_server\",$server $client_sends"
+        )
+        note "exchange $tag: client pid $client_pid (host $host_client) sent $client_sends," \
+            "server pid $server_pid (host $host_server) sent $server_sends"
+    done <"$peers_file"
+fi
+
+# compare_metrics WHAT FILE: every expected line, exactly.
+compare_metrics() {
+    local what=$1 file=$2 line missing=()
+    for line in "${expected[@]}"; do
+        grep -Fxq "$line" "$file" || missing+=("$line")
+    done
+    if [ "${#expected[@]}" -eq 8 ] && [ "${#missing[@]}" -eq 0 ]; then
+        ok "curl localhost:9435/metrics inside: exact bytes of 4 connection ends, IPv4 and IPv6 ($what)"
+    else
+        not_ok "curl localhost:9435/metrics inside: exact bytes ($what)" \
+            "${#expected[@]} expected lines, missing: ${missing[*]:-}; served: $(grep '^tcptop_[a-z_]*bytes_total{.*comm="tt-' "$file" | paste -sd'|' -)"
+    fi
+}
+
+inside curl -s localhost:9435/metrics >"$logs/metrics-open.txt" 2>&1
+compare_metrics "connections open" "$logs/metrics-open.txt"
+touch "/proc/$CONTAINER_PID/root$traffic_dir/release" 2>/dev/null
+wait "$traffic_job"
+traffic_status=$?
+inside curl -s localhost:9435/metrics >"$logs/metrics-closed.txt" 2>&1
+if [ "$traffic_status" -eq 0 ]; then
+    compare_metrics "connections closed" "$logs/metrics-closed.txt"
+else
+    not_ok "traffic inside the container" "exit $traffic_status: $(tail -5 "$logs/traffic.txt" | paste -sd'|' -)"
+fi
+
+# --- reload: the config is read again, same process ---------------------------
+
+# The new log format is visible in the journal line that confirms the reload.
+pid_before=$main_pid
+inside sed -i 's/^  format: logfmt$/  format: json/' /etc/tcptop-exporter/tcptop-exporter.yml
+reload_out=$(inside systemctl reload "$unit" 2>&1)
+reload_rc=$?
+reloaded=""
+for _ in $(seq 50); do
+    reloaded=$(journal | grep -F 'configuration reloaded')
+    [ -n "$reloaded" ] && break
+    sleep 0.1
+done
+if [ "$reload_rc" -eq 0 ] && [[ "$reloaded" == "{"* ]] && [ "$(show ActiveState)" = active ] &&
+    [ "$(show MainPID)" = "$pid_before" ]; then
+    ok "systemctl reload re-reads the config (log format now json: $reloaded), same MainPID, active"
+else
+    not_ok "systemctl reload re-reads the config" "rc=$reload_rc $reload_out; reloaded='$reloaded' state=$(show ActiveState) pid $pid_before -> $(show MainPID)"
+fi
+
+# --- the watchdog -------------------------------------------------------------
+
+if [ "$(show WatchdogUSec)" = 30s ] && journal | grep -q 'watchdog enabled.*interval_seconds=30'; then
+    ok "the unit as shipped asks for a 30 s watchdog and the daemon enabled it"
+else
+    not_ok "the unit as shipped asks for a 30 s watchdog" "WatchdogUSec=$(show WatchdogUSec); $(journal | grep watchdog)"
+fi
+# A drop-in with a short watchdog: the service must outlive many intervals,
+# and systemd's record of the last ping must move.
+inside_sh 'mkdir -p /etc/systemd/system/tcptop-exporter.service.d &&
+    printf "[Service]\nWatchdogSec=1s\n" >/etc/systemd/system/tcptop-exporter.service.d/50-test-watchdog.conf &&
+    systemctl daemon-reload && systemctl restart tcptop-exporter'
+main_pid=$(show MainPID)
+restarts=$(show NRestarts)
+ping0=$(show WatchdogTimestampMonotonic)
+pings=0
+last=$ping0
+for _ in $(seq 12); do
+    sleep 0.5
+    now=$(show WatchdogTimestampMonotonic)
+    [ "$now" != "$last" ] && pings=$((pings + 1))
+    last=$now
+done
+if [ "$(show WatchdogUSec)" = 1s ] && [ "$pings" -ge 3 ] && [ "$(show ActiveState)" = active ] &&
+    [ "$(show MainPID)" = "$main_pid" ] && [ "$(show NRestarts)" = "$restarts" ] &&
+    ! journal | grep -qi 'watchdog timeout'; then
+    ok "watchdog pinged: with WatchdogSec=1s, still the same active process after 6 s, the last-ping time moved $pings times"
+else
+    not_ok "watchdog pinged" "WatchdogUSec=$(show WatchdogUSec) moves=$pings state=$(show ActiveState) pid $main_pid -> $(show MainPID) restarts $restarts -> $(show NRestarts)"
+fi
+
+# --- Restart=on-failure -------------------------------------------------------
+
+killed_pid=$main_pid
+killed_host_pid=$(host_pid_of "$killed_pid")
+killed_programs=$(program_ids_of "$killed_host_pid" | paste -sd' ' -)
+# SIGKILL from outside, as the OOM killer or an operator would.
+kill -KILL "$killed_host_pid"
+restarted=no
+for _ in $(seq 100); do
+    sleep 0.1
+    new_pid=$(show MainPID)
+    if [ "$(show ActiveState)" = active ] && [ "$new_pid" != 0 ] && [ "$new_pid" != "$killed_pid" ]; then
+        restarted=yes
+        break
+    fi
+done
+if [ "$restarted" = yes ] && [ "$(show NRestarts)" = $((restarts + 1)) ] &&
+    journal | grep -q 'Main process exited, code=killed, status=9/KILL' &&
+    [ "$(inside curl -s -o /dev/null -w '%{http_code}' localhost:9435/metrics)" = 200 ]; then
+    ok "kill -9 of the daemon: restarted by Restart=on-failure (MainPID $killed_pid -> $new_pid, NRestarts $(show NRestarts)), serving again"
+else
+    not_ok "kill -9 of the daemon: restarted by Restart=on-failure" "state=$(show ActiveState) MainPID=$(show MainPID) NRestarts=$(show NRestarts)"
+fi
+
+# --- stop: no BPF programs left -----------------------------------------------
+
+main_pid=$(show MainPID)
+programs=$(program_ids_of "$(host_pid_of "$main_pid")" | paste -sd' ' -)
+inside systemctl stop "$unit"
+gone=no
+for _ in $(seq 50); do
+    left=""
+    for id in $programs $killed_programs; do
+        bpftool prog show id "$id" >/dev/null 2>&1 && left="$left $id"
+    done
+    [ -z "$left" ] && { gone=yes; break; }
+    sleep 0.1
+done
+# Programs named tcptop_* that appeared during the run and that no process
+# outside this container holds (a leak would be pinned or held in here).
+tcptop_program_ids >"$logs/programs-after.txt"
+program_holders >"$logs/program-holders.txt"
+namespace=$(readlink "/proc/$CONTAINER_PID/ns/pid")
+strays=""
+for id in $(comm -13 "$logs/programs-before.txt" "$logs/programs-after.txt"); do
+    held_outside=no
+    for holder in $(awk -v id="$id" '$1 == id { print $2 }' "$logs/program-holders.txt"); do
+        [ "$(readlink "/proc/$holder/ns/pid" 2>/dev/null)" != "$namespace" ] && held_outside=yes
+    done
+    [ "$held_outside" = no ] && strays="$strays $id"
+done
+stop_state="$(show ActiveState)/$(show Result)"
+if [ "$(wc -w <<<"$programs")" -eq 4 ] && [ "$gone" = yes ] && [ -z "$strays" ] && [ "$stop_state" = inactive/success ]; then
+    ok "systemctl stop: clean exit ($stop_state), its 4 BPF programs ($programs) and the killed daemon's ($killed_programs) are gone, none left by the container"
+else
+    not_ok "systemctl stop leaves no BPF programs" "state=$stop_state programs=($programs) killed=($killed_programs) still loaded:$left strays:$strays"
+fi
+
+# --- the cached tree stays clean ----------------------------------------------
+
+save_journal
+stop_container
+if [ ! -e "$ROOTFS/usr/local/bin/tcptop-exporter" ] && [ ! -e "$ROOTFS/etc/systemd/system/$unit" ]; then
+    ok "the cached root filesystem is untouched by the run"
+else
+    not_ok "the cached root filesystem is untouched by the run" "files of the run are in $ROOTFS"
+fi

@@ -1,0 +1,222 @@
+# Helpers for container-test.sh (sourced, not run): reporting, host
+# packages, the Debian root filesystem cache, and the systemd-nspawn
+# container with a real systemd as PID 1.
+
+PASSED=0
+FAILED=0
+
+ok() {
+    echo "ok - $1"
+    PASSED=$((PASSED + 1))
+}
+
+not_ok() {
+    echo "not ok - $1: $2"
+    FAILED=$((FAILED + 1))
+}
+
+figure() {
+    echo "# figure: $*"
+}
+
+note() {
+    echo "# $*"
+}
+
+now_ns() {
+    date +%s%N
+}
+
+# seconds_since START_NS -> "12.345"
+seconds_since() {
+    local elapsed=$(($(now_ns) - $1))
+    printf '%d.%03d' $((elapsed / 1000000000)) $((elapsed / 1000000 % 1000))
+}
+
+# Installs the Debian packages this test needs on the host, if missing.
+ensure_host_packages() {
+    local missing="" package
+    for package in "$@"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
+    done
+    [ -z "$missing" ] && return 0
+    note "installing on the host:$missing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+# The Debian mirror this machine's apt uses, read from its configuration at
+# run time (no mirror is written in this repository): the first "deb" source
+# of a main suite (one without a "-security"/"-updates" part), deb822 first.
+debian_mirror() {
+    local file uri
+    for file in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$file" ] || continue
+        uri=$(awk 'BEGIN { RS = ""; FS = "\n" }
+            {
+                types = ""; uris = ""; suites = ""; enabled = "yes"
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^Types:/) types = $i
+                    if ($i ~ /^URIs:/) uris = $i
+                    if ($i ~ /^Suites:/) suites = $i
+                    if ($i ~ /^Enabled:[ \t]*no/) enabled = "no"
+                }
+                if (enabled == "yes" && types ~ /[ \t]deb([ \t]|$)/ && suites ~ /[ \t][a-z]+([ \t]|$)/) {
+                    sub(/^URIs:[ \t]*/, "", uris); split(uris, u, /[ \t]+/); print u[1]; exit
+                }
+            }' "$file")
+        [ -n "$uri" ] && { echo "$uri"; return 0; }
+    done
+    for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -r "$file" ] || continue
+        uri=$(awk '$1 == "deb" {
+                i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                if ($(i + 1) ~ /^[a-z]+$/) { print $i; exit }
+            }' "$file")
+        [ -n "$uri" ] && { echo "$uri"; return 0; }
+    done
+    return 1
+}
+
+# ensure_rootfs CACHE_DIR SUITE PACKAGES...: sets ROOTFS to a Debian root
+# filesystem with these packages, built once (mmdebstrap) into
+# CACHE_DIR/rootfs-<key>, where the key hashes everything that shapes it.
+# Sets ROOTFS_BUILT_NOW (yes/no) and ROOTFS_BUILD_SECONDS (of the build that
+# made it, now or earlier).
+ROOTFS_RECIPE_VERSION=1
+ensure_rootfs() {
+    local cache=$1 suite=$2
+    shift 2
+    local packages key
+    packages=$(printf '%s\n' "$@" | sort -u | paste -sd, -)
+    key=$(printf 'recipe=%s suite=%s variant=minbase packages=%s\n' "$ROOTFS_RECIPE_VERSION" "$suite" "$packages" |
+        sha256sum | cut -c1-16)
+    ROOTFS="$cache/rootfs-$key"
+    ROOTFS_BUILT_NOW=yes
+    [ -x "$ROOTFS/usr/lib/systemd/systemd" ] && ROOTFS_BUILT_NOW=no
+    mkdir -p "$cache"
+    (
+        flock 9
+        [ -x "$ROOTFS/usr/lib/systemd/systemd" ] && exit 0
+        mirror=${TCPTOP_DEBIAN_MIRROR:-$(debian_mirror)} || {
+            echo "no Debian mirror found in this machine's apt configuration" >&2
+            exit 1
+        }
+        partial="$cache/partial-$key"
+        rm -rf "$partial"
+        started=$(now_ns)
+        note "building the $suite root filesystem from $mirror (once; cached in $ROOTFS)"
+        # An empty /etc/fstab: with a root entry the container comes up "degraded".
+        if ! mmdebstrap --variant=minbase --include="$packages" \
+            --customize-hook=': > "$1/etc/fstab"' \
+            "$suite" "$partial" "$mirror" >"$cache/mmdebstrap.log" 2>&1; then
+            tail -20 "$cache/mmdebstrap.log" >&2
+            rm -rf "$partial"
+            exit 1
+        fi
+        seconds_since "$started" >"$partial/.tcptop-build-seconds"
+        # Trees of older recipes are not used any more.
+        rm -rf "$cache"/rootfs-*
+        mv "$partial" "$ROOTFS"
+    ) 9>"$cache/.lock" || return 1
+    ROOTFS_BUILD_SECONDS=$(cat "$ROOTFS/.tcptop-build-seconds" 2>/dev/null || echo "?")
+}
+
+# --- the container ------------------------------------------------------------
+
+NSPAWN_PID=""
+CONTAINER_PID=""
+
+# boot_container ROOTFS MACHINE STAGE LOGFILE: boots ROOTFS with systemd as
+# PID 1 (writes go to a tmpfs overlay, the cached tree stays clean), with its
+# own network namespace, STAGE bound read-only at /opt/tcptop-stage.
+boot_container() {
+    local rootfs=$1 machine=$2 stage=$3 log=$4
+    # --register=no --keep-unit: there is no systemd/machined on the host.
+    # --system-call-filter: without it bpf() and perf_event_open() are EPERM.
+    systemd-nspawn -b -D "$rootfs" --machine="$machine" --register=no --keep-unit \
+        --volatile=overlay --capability=all --system-call-filter='bpf perf_event_open' \
+        --private-network --console=read-only \
+        --bind-ro="$stage:/opt/tcptop-stage" </dev/null >"$log" 2>&1 &
+    NSPAWN_PID=$!
+    local _ child
+    for _ in $(seq 200); do
+        kill -0 "$NSPAWN_PID" 2>/dev/null || return 1
+        # The container's PID 1 (nspawn's other children are short-lived helpers).
+        CONTAINER_PID=""
+        for child in $(cat "/proc/$NSPAWN_PID/task/$NSPAWN_PID/children" 2>/dev/null); do
+            awk '$1 == "NSpid:" && $NF == 1 { found = 1 } END { exit !found }' "/proc/$child/status" 2>/dev/null &&
+                CONTAINER_PID=$child
+        done
+        # Its manager answers on its private socket.
+        if [ -n "$CONTAINER_PID" ] && [ -S "/proc/$CONTAINER_PID/root/run/systemd/private" ] &&
+            timeout 5 nsenter -t "$CONTAINER_PID" -a -- systemd-run --wait --quiet --collect -- /bin/true \
+                </dev/null >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Stops the container: SIGTERM makes nspawn shut it down in order; SIGKILL
+# after 15 s. Only the nspawn process this script started is signalled.
+stop_container() {
+    [ -n "$NSPAWN_PID" ] || return 0
+    kill -TERM "$NSPAWN_PID" 2>/dev/null
+    local _
+    for _ in $(seq 150); do
+        kill -0 "$NSPAWN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$NSPAWN_PID" 2>/dev/null
+    wait "$NSPAWN_PID" 2>/dev/null
+    NSPAWN_PID=""
+}
+
+# inside CMD...: runs CMD in the container as a transient unit of its
+# systemd, stdout/stderr passed through, exit status kept; 60 s at most
+# (INSIDE_TIMEOUT to change). Runs in the background and is waited for so
+# that a signal to this script is handled at once.
+inside() {
+    timeout "${INSIDE_TIMEOUT:-60}" nsenter -t "$CONTAINER_PID" -a -- \
+        systemd-run --wait --pipe --quiet --collect -- "$@" </dev/null &
+    wait $!
+}
+
+# inside_sh SCRIPT: a shell script inside the container.
+inside_sh() {
+    inside /bin/sh -c "$1"
+}
+
+# The host pid of the process that is CONTAINER_CHILD_PID in the container's
+# pid namespace (from NSpid in /proc/*/status).
+host_pid_of() {
+    local want=$1 namespace status
+    namespace=$(readlink "/proc/$CONTAINER_PID/ns/pid")
+    for status in /proc/[0-9]*/status; do
+        local pids
+        pids=$(awk '$1 == "NSpid:" { print $2, $NF; exit }' "$status" 2>/dev/null) || continue
+        set -- $pids
+        [ $# -eq 2 ] && [ "$2" = "$want" ] && [ "$1" != "$want" ] || continue
+        [ "$(readlink "/proc/$1/ns/pid" 2>/dev/null)" = "$namespace" ] && { echo "$1"; return 0; }
+    done
+    return 1
+}
+
+# --- BPF programs -------------------------------------------------------------
+
+# Ids of the loaded BPF programs named tcptop_*.
+tcptop_program_ids() {
+    bpftool prog show 2>/dev/null | awk '/^[0-9]+: .* name tcptop_/ { sub(":", "", $1); print $1 }' | sort
+}
+
+# Ids of the BPF programs the process HOST_PID holds (program and link fds).
+program_ids_of() {
+    grep -hs '^prog_id:' /proc/"$1"/fdinfo/* | awk '{ print $2 }' | sort -nu
+}
+
+# Ids of BPF programs that any process holds, as "id pid" lines.
+program_holders() {
+    grep -Hs '^prog_id:' /proc/[0-9]*/fdinfo/* |
+        awk -F'[/:\t ]+' '{ print $(NF), $3 }' | sort -u
+}
