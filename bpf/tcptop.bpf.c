@@ -6,7 +6,9 @@
  * the call's return value, so summing the positive returns of TCP sockets
  * gives exact payload bytes, loopback included. Attached as tp_btf: the
  * arguments arrive as typed pointers that can be read directly, which
- * measured about 2x cheaper than a classic tracepoint (DESIGN.md).
+ * measured about 2x cheaper than a classic tracepoint (DESIGN.md). Older
+ * kernels get fexit programs on tcp_sendmsg / tcp_recvmsg instead (further
+ * down), feeding the same count().
  *
  * Hot path: the counters of the process that owns a socket live in the
  * socket's own BPF storage, found from the socket pointer (no key to build,
@@ -213,6 +215,65 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(tcptop_recv, struct sock *sk, int ret, int flags)
 {
 	if (flags & MSG_PEEK) /* peeked bytes are received again later */
+		return 0;
+	return count(sk, ret, false);
+}
+
+/* Fallback hooks for kernels without the sock_*_length tracepoints (before
+ * 6.3: RHEL 9, Ubuntu 22.04, Debian 12). User space loads either the two
+ * tp_btf programs above or these (bpf_program__set_autoload), never both.
+ * fexit sees the function's return value: the bytes really sent or copied,
+ * not the size asked for. fexit programs are tracing programs like tp_btf,
+ * so count() and its socket storage work unchanged. tcp_sendmsg and
+ * tcp_recvmsg are what the socket layer calls (through sk_prot) for every
+ * send/recv/read/write on a TCP socket, IPv4 and IPv6, so they see the same
+ * calls as the tracepoints. Not seen here but seen by the tracepoints:
+ * kernel TLS sockets, whose sk_prot is TLS's own.
+ * Debian 12's stock tcptop tools count receives at tcp_cleanup_rbuf instead,
+ * which also counts MSG_PEEK reads (measured, README); libbpf-tools' also
+ * counts sends by the size asked for, not the size taken. */
+SEC("fexit/tcp_sendmsg")
+int BPF_PROG(tcptop_fexit_send, struct sock *sk, void *msg, __u64 size, int ret)
+{
+	return count(sk, ret, true);
+}
+
+/* sendfile() and splice() into a TCP socket go through tcp_sendpage, not
+ * tcp_sendmsg, until Linux 6.5 (which removed it); loaded only where the
+ * function exists. */
+SEC("fexit/tcp_sendpage")
+int BPF_PROG(tcptop_fexit_sendpage, struct sock *sk, void *page, int offset, __u64 size, int flags, int ret)
+{
+	return count(sk, ret, true);
+}
+
+/* tcp_recvmsg's arguments changed twice, so there is one program per
+ * signature (all on the same function); user space loads the one whose
+ * argument count matches the running kernel's BTF.
+ * Recent kernels (6.18 here; addr_len dropped): tcp_recvmsg(sk, msg, len, flags). */
+SEC("fexit/tcp_recvmsg")
+int BPF_PROG(tcptop_fexit_recv4, struct sock *sk, void *msg, __u64 len, int flags, int ret)
+{
+	if (flags & MSG_PEEK) /* peeked bytes are received again later */
+		return 0;
+	return count(sk, ret, false);
+}
+
+/* 5.19 and later (Debian 12's 6.1): tcp_recvmsg(sk, msg, len, flags, addr_len). */
+SEC("fexit/tcp_recvmsg")
+int BPF_PROG(tcptop_fexit_recv5, struct sock *sk, void *msg, __u64 len, int flags, int *addr_len, int ret)
+{
+	if (flags & MSG_PEEK)
+		return 0;
+	return count(sk, ret, false);
+}
+
+/* Before 5.19: tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len). */
+SEC("fexit/tcp_recvmsg")
+int BPF_PROG(tcptop_fexit_recv6, struct sock *sk, void *msg, __u64 len, int nonblock, int flags, int *addr_len,
+	     int ret)
+{
+	if (flags & MSG_PEEK)
 		return 0;
 	return count(sk, ret, false);
 }

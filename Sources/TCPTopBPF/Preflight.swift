@@ -29,20 +29,8 @@ enum Preflight {
         return nil
     }
 
-    /// The hooks are BTF-typed tracepoints: the kernel must have BTF and the
-    /// tracepoints (sock_send_length and sock_recv_length came in Linux 6.3).
-    static func checkKernelHooks() throws {
-        guard let btf = btf__load_vmlinux_btf() else {
-            throw TracerError("kernel has no BTF (/sys/kernel/btf/vmlinux): CO-RE programs cannot load")
-        }
-        defer { btf__free(btf) }
-        for tracepoint in ["sock_send_length", "sock_recv_length", "tcp_destroy_sock"] {
-            if btf__find_by_name_kind(btf, "btf_trace_\(tracepoint)", UInt32(BTF_KIND_TYPEDEF)) < 0 {
-                throw TracerError(
-                    "kernel \(kernelRelease()) has no \(tracepoint) tracepoint (needs Linux >= 6.3); older kernels are not supported yet")
-            }
-        }
-    }
+    // What the kernel offers (BTF, tracepoints, functions) is probed in
+    // KernelHooks.probe(), and the attach mode chosen from it.
 
     static func kernelRelease() -> String {
         var names = utsname()

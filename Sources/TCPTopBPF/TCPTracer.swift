@@ -15,17 +15,24 @@ public final class TCPTracer {
         public var cgroupPath: String?
         /// Attach programs that return at once: the benchmark's cost floor.
         public var countNothing = false
+        /// Which hooks to use; `auto` picks from what the kernel offers.
+        public var attachMode: AttachMode = .auto
         public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0, cgroupPath: String? = nil,
-                    countNothing: Bool = false) {
+                    countNothing: Bool = false, attachMode: AttachMode = .auto) {
             self.mapCapacity = mapCapacity
             self.targetPID = targetPID
             self.cgroupPath = cgroupPath
             self.countNothing = countNothing
+            self.attachMode = attachMode
         }
     }
 
-    /// How the programs are attached, for the attach-mode self-metric.
-    public let attachMode = "tp_btf"
+    /// How the programs are attached ("tp_btf" or "fexit"), for the
+    /// attach-mode self-metric.
+    public var attachMode: String { plan.mode.rawValue }
+    /// One line for the log: the mode chosen and why.
+    public var attachReason: String { plan.reason }
+    public let plan: AttachPlan
     public let mapCapacity: UInt32
 
     let object: OpaquePointer
@@ -44,7 +51,7 @@ public final class TCPTracer {
     public static func start(_ options: Options, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> TCPTracer {
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
         try Preflight.checkCapabilities(statusText: status)
-        try Preflight.checkKernelHooks()
+        let plan = try AttachPlan.choose(options.attachMode, kernel: KernelHooks.probe())
         LibbpfLog.install(log)
 
         guard let bytes = Data(base64Encoded: embeddedBPFObjectBase64) else {
@@ -62,14 +69,15 @@ public final class TCPTracer {
             throw TracerError.libbpf("opening the BPF object", code: -errno)
         }
         // From here on, the tracer owns the object and frees it in deinit.
-        let tracer = try TCPTracer(object: object, options: options)
+        let tracer = try TCPTracer(object: object, options: options, plan: plan)
         try tracer.attachAll()
         return tracer
     }
 
-    private init(object: OpaquePointer, options: Options) throws {
+    private init(object: OpaquePointer, options: Options, plan: AttachPlan) throws {
         self.object = object
         self.mapCapacity = options.mapCapacity
+        self.plan = plan
         func map(_ name: String) throws -> OpaquePointer {
             guard let map = bpf_object__find_map_by_name(object, name) else {
                 bpf_object__close(object)
@@ -94,8 +102,9 @@ public final class TCPTracer {
             try Self.setSettings(object: object, tcptop_settings(
                 target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1,
                 socket_capacity: options.mapCapacity, count_nothing: options.countNothing ? 1 : 0))
+            try Self.selectPrograms(object: object, plan.programs)
             let err = bpf_object__load(object)
-            if err != 0 { throw Self.loadError(err) }
+            if err != 0 { throw Self.loadError(err, mode: plan.mode) }
             if let path = options.cgroupPath { try Self.setCgroupFilter(object: object, path: path) }
             socketsFD = bpf_map__fd(sockets)
             sharedConnectionsFD = bpf_map__fd(shared)
@@ -118,6 +127,8 @@ public final class TCPTracer {
     private func attachAll() throws {
         var program = bpf_object__next_program(object, nil)
         while let current = program {
+            defer { program = bpf_object__next_program(object, current) }
+            guard bpf_program__autoload(current) else { continue } // another attach mode's
             let name = String(cString: bpf_program__name(current))
             if String(cString: bpf_program__section_name(current)).hasPrefix("iter/") {
                 iteratorLink = try attachIterator(current, name: name)
@@ -127,7 +138,6 @@ public final class TCPTracer {
                 }
                 links.append(link)
             }
-            program = bpf_object__next_program(object, current)
         }
     }
 
@@ -181,7 +191,31 @@ public final class TCPTracer {
         if err != 0 { throw TracerError.libbpf("cgroup \(path) (is it a cgroup v2 directory?)", code: err) }
     }
 
-    private static func loadError(_ code: Int32) -> TracerError {
+    /// Only the plan's programs are loaded: the others' hooks may not exist
+    /// in this kernel (libbpf resolves attach targets only for loaded programs).
+    private static func selectPrograms(object: OpaquePointer, _ names: [String]) throws {
+        var found = Set<String>()
+        var program = bpf_object__next_program(object, nil)
+        while let current = program {
+            let name = String(cString: bpf_program__name(current))
+            let wanted = names.contains(name)
+            if wanted { found.insert(name) }
+            let err = bpf_program__set_autoload(current, wanted)
+            if err != 0 { throw TracerError.libbpf("selecting program \(name)", code: err) }
+            program = bpf_object__next_program(object, current)
+        }
+        if let missing = names.first(where: { !found.contains($0) }) {
+            throw TracerError("the BPF object has no program \"\(missing)\"")
+        }
+    }
+
+    private static func loadError(_ code: Int32, mode: AttachMode) -> TracerError {
+        if mode == .fexit && (code == -EPERM || code == -EOPNOTSUPP || code == -524 /* the kernel's ENOTSUPP */) {
+            // Capabilities were checked before: this kernel refuses BPF
+            // trampolines (no JIT support for them, or a lockdown/LSM policy).
+            return TracerError(
+                "loading fexit programs: \(libbpfErrorText(code)) (this kernel refuses fentry/fexit programs; try attach mode auto or tp_btf)")
+        }
         if code == -EPERM || code == -EACCES {
             return TracerError(
                 "loading BPF programs: \(libbpfErrorText(code)) (needs CAP_BPF and CAP_PERFMON, or root; a seccomp filter or lockdown may also forbid bpf())")

@@ -24,7 +24,11 @@ struct PreflightTests {
     }
 
     @Test func theRunningKernelHasTheHooks() throws {
-        // This machine's kernel (6.18, BTF) has every tracepoint the tp_btf programs need.
-        try Preflight.checkKernelHooks()
+        // This machine's kernel (6.18, BTF) has every tracepoint the tp_btf
+        // programs need, and the functions the fexit ones would use.
+        let hooks = try KernelHooks.probe()
+        #expect(hooks.sendRecvTracepoints && hooks.destroyTracepoint)
+        #expect(hooks.tcpSendmsgArguments == 3 && hooks.tcpRecvmsgArguments == 4)
+        #expect(hooks.tcpSendpageArguments == nil, "tcp_sendpage is gone since 6.5")
     }
 }
