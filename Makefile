@@ -8,9 +8,9 @@ PREFIX ?= /usr/local
 SWIFT ?= swift
 # Debian packages the build and the tests need (clang comes with the Swift toolchain).
 DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev bpftool prometheus python3 curl util-linux \
-	systemd-container mmdebstrap binutils
+	systemd-container mmdebstrap binutils e2fsprogs qemu-system-x86 qemu-utils
 
-.PHONY: deps build release run test bench install clean
+.PHONY: deps build release run test guest-compare bench install clean
 
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -29,10 +29,16 @@ run: release
 	.build/release/tcptop-exporter --config.file=Config/tcptop-exporter.yml
 
 # The end-to-end tests start the built executables: build them first.
-# Then the shipped unit under a real systemd (systemd-nspawn container).
+# Then the shipped unit under a real systemd (systemd-nspawn container), and
+# the fallback hooks on Debian 12's own 6.1 kernel (QEMU guest).
 test: build
 	$(SWIFT) test
 	Tests/system/container-test.sh
+	Tests/guest/run.sh
+
+# Stock bcc/libbpf-tools tcptop next to ours in the 6.1 guest (not in CI: its image carries LLVM).
+guest-compare: deps
+	Tests/guest/compare.sh
 
 bench: release
 	.build/release/tcptop-bench

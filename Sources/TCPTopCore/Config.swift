@@ -29,10 +29,21 @@ public struct WebConfig: Equatable, Sendable {
 public struct BPFConfig: Equatable, Sendable {
     public static let mapCapacityRange = 1...16_777_216
 
-    /// Connection ends the kernel map holds.
+    /// Sockets the kernel side tracks at once.
     public var mapCapacity = 65536
+    /// Which kernel hooks count the bytes.
+    public var attachMode = BPFAttachMode.auto
 
     public init() {}
+}
+
+/// The kernel hooks: `auto` picks tp_btf where the kernel has the
+/// sock_*_length tracepoints (Linux >= 6.3), fexit otherwise.
+public enum BPFAttachMode: String, CaseIterable, Sendable {
+    case auto
+    case tpBTF = "tp_btf"
+    case fexit
+    case kprobe
 }
 
 public struct ConnectionsConfig: Equatable, Sendable {

@@ -77,8 +77,9 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
 
 private func parseBPF(_ section: Field) throws -> BPFConfig {
     var bpf = BPFConfig()
-    let keys = try fields(of: section.node, at: section.key, known: ["map_capacity"])
+    let keys = try fields(of: section.node, at: section.key, known: ["map_capacity", "attach_mode"])
     if let field = keys["map_capacity"] { bpf.mapCapacity = try integer(field, in: BPFConfig.mapCapacityRange) }
+    if let field = keys["attach_mode"] { bpf.attachMode = try choice(field) }
     return bpf
 }
 

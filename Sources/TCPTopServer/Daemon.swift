@@ -15,6 +15,7 @@ public final class Daemon: @unchecked Sendable {
         public var telemetryPath: String?
         public var logLevel: LogLevel?
         public var logFormat: LogFormat?
+        public var attachMode: BPFAttachMode?
         public init() {}
     }
 
@@ -54,6 +55,7 @@ public final class Daemon: @unchecked Sendable {
         }
         if let level = options.logLevel { config.log.level = level }
         if let format = options.logFormat { config.log.format = format }
+        if let mode = options.attachMode { config.bpf.attachMode = mode }
         return config
     }
 
@@ -64,13 +66,16 @@ public final class Daemon: @unchecked Sendable {
         let tracer: TCPTracer
         do {
             let logger = log
-            tracer = try TCPTracer.start(.init(mapCapacity: UInt32(config.bpf.mapCapacity)),
+            let mode = TCPTracer.AttachMode(rawValue: config.bpf.attachMode.rawValue) ?? .auto
+            tracer = try TCPTracer.start(.init(mapCapacity: UInt32(config.bpf.mapCapacity), attachMode: mode),
                                          log: { logger.debug("\($0)") })
         } catch {
             log.error("\(error)")
             return 1
         }
-        log.info("BPF programs attached", metadata: ["mode": "\(tracer.attachMode)", "map_capacity": "\(tracer.mapCapacity)"])
+        log.info("BPF programs attached", metadata: [
+            "mode": "\(tracer.attachMode)", "map_capacity": "\(tracer.mapCapacity)", "reason": "\(tracer.attachReason)",
+        ])
         collector = MetricsCollector(
             tracer: tracer, registry: ConnectionRegistry(config: config), version: tcptopVersion)
 

@@ -22,6 +22,9 @@ struct ExporterCommand: ParsableCommand {
     @Option(name: .customLong("config.file"), help: "YAML configuration file; embedded defaults when absent.")
     var configFile: String?
 
+    @Option(name: .customLong("bpf.attach-mode"), help: "auto, tp_btf, fexit or kprobe. (default: auto)")
+    var attachMode: String?
+
     @Option(name: .customLong("log.level"), help: "debug, info, warn or error. (default: info)")
     var logLevel: String?
 
@@ -49,6 +52,9 @@ struct ExporterCommand: ParsableCommand {
         if let logLevel, LogLevel(rawValue: logLevel) == nil {
             throw ValidationError("--log.level must be one of debug, info, warn, error; got \"\(logLevel)\"")
         }
+        if let attachMode, BPFAttachMode(rawValue: attachMode) == nil {
+            throw ValidationError("--bpf.attach-mode must be one of auto, tp_btf, fexit, kprobe; got \"\(attachMode)\"")
+        }
         if let logFormat, LogFormat(rawValue: logFormat) == nil {
             throw ValidationError("--log.format must be logfmt or json; got \"\(logFormat)\"")
         }
@@ -60,6 +66,7 @@ struct ExporterCommand: ParsableCommand {
         options.telemetryPath = telemetryPath
         options.logLevel = logLevel.flatMap(LogLevel.init(rawValue:))
         options.logFormat = logFormat.flatMap(LogFormat.init(rawValue:))
+        options.attachMode = attachMode.flatMap(BPFAttachMode.init(rawValue:))
         do {
             options.listenAddresses = try listenAddresses.map(ListenAddress.parse)
         } catch {

@@ -167,6 +167,12 @@ struct DaemonTests {
         #expect(second.log.contains("Address already in use"))
         #expect(!second.notify.messages.contains { $0.contains("READY=1") })
 
+        // A hook this kernel refuses (fentry/fexit is EPERM here): one line, exit 1.
+        let forced = try ExporterProcess(arguments: ["--bpf.attach-mode=fexit"])
+        #expect(try forced.waitExit() == 1)
+        #expect(forced.log.contains("fexit"))
+        #expect(!forced.notify.messages.contains { $0.contains("READY=1") })
+
         // No privileges: the missing capability is named.
         let unprivileged = run("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
                                                      ExporterProcess.binary("tcptop-exporter"), "--web.listen-address=127.0.0.1:\(ExporterProcess.freePort())"])
