@@ -53,9 +53,12 @@ struct {
 	__type(value, struct tcptop_conn_value);
 } conns SEC(".maps");
 
-/* Cookies of destroyed shared sockets: their "conns" entries are final. */
+/* Cookies of destroyed shared sockets: their "conns" entries are final.
+ * This and "closed_conns" fill between two reads of user space; they are
+ * sized for bursts of closes (4x the capacity) and allocate on demand. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536); /* resized by user space before load */
 	__type(key, __u64);
 	__type(value, __u8);
@@ -64,6 +67,7 @@ struct {
 /* The owner's final counts of destroyed sockets, until user space takes them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536); /* resized by user space before load */
 	__type(key, struct tcptop_conn_key);
 	__type(value, struct tcptop_conn_value);

@@ -95,8 +95,11 @@ public final class TCPTracer {
             try Self.checkLayout(shared, key: keySize, value: valueSize)
             try Self.checkLayout(closedConnections, key: keySize, value: valueSize)
             try Self.checkLayout(sockets, key: MemoryLayout<Int32>.size, value: MemoryLayout<tcptop_sock_value>.size)
-            for sized in [shared, closedCookies, closedConnections] {
-                let err = bpf_map__set_max_entries(sized, options.mapCapacity)
+            // The closed maps take bursts of closes between two reads.
+            let closedCapacity = UInt32(min(UInt64(options.mapCapacity) * 4, 1 << 24))
+            for (sized, capacity) in [(shared, options.mapCapacity), (closedCookies, closedCapacity),
+                                      (closedConnections, closedCapacity)] {
+                let err = bpf_map__set_max_entries(sized, capacity)
                 if err != 0 { throw TracerError.libbpf("setting the map capacity", code: err) }
             }
             try Self.setSettings(object: object, tcptop_settings(

@@ -50,7 +50,8 @@ struct TracerTests {
         // close) must show up in the unattributed counters.
         var moved: UInt64 = 0
         var ours: [ConnectionSample] = []
-        for index in 0..<3 {
+        // Six exchanges: more closes than the closed map holds (4 x capacity).
+        for index in 0..<6 {
             if readBetween { ours += try tracer.read().connections.filter { $0.labels.commText.hasPrefix("tt-full") } }
             let exchange = try TrafficPeers.exchange(
                 family: "4", clientName: "tt-full-c", serverName: "tt-full-s", clientSends: 1000, serverSends: 10, seed: index)
@@ -65,7 +66,11 @@ struct TracerTests {
         let unattributedSent = after.unattributed.sentBytes - before.unattributed.sentBytes
         // Other traffic may also land in the unattributed counter, never less.
         #expect(attributed + unattributedSent >= moved)
-        #expect(after.unattributed.sendEvents > before.unattributed.sendEvents || after.unattributed.closesNotRecorded > 0)
+        #expect(after.unattributed.sendEvents > before.unattributed.sendEvents)
+        if !readBetween {
+            // Without reads in between, some final counts found the closed map full.
+            #expect(after.unattributed.closesNotRecorded > before.unattributed.closesNotRecorded)
+        }
     }
 
     @Test func onlyTheTargetProcessIsCountedWithAPIDFilter() throws {
