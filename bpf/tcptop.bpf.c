@@ -290,6 +290,7 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
 	if (!owned)
 		return 0;
+	add_stat(TCPTOP_STAT_CLOSES, 1);
 	__sync_fetch_and_sub(&live_sockets, 1);
 	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = owned->owner_tgid };
 	struct tcptop_conn_value final = owned->conn;

@@ -60,7 +60,10 @@ enum tcptop_stat {
 	TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS = 2,
 	TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS = 3,
 	TCPTOP_STAT_CLOSED_NOT_RECORDED = 4,
-	TCPTOP_STAT_COUNT = 5,
+	/* Tracked sockets destroyed: user space reads the closed maps only
+	 * when this moved, so an idle poll is one lookup. */
+	TCPTOP_STAT_CLOSES = 5,
+	TCPTOP_STAT_COUNT = 6,
 };
 
 /* Load-time settings: the program's only read-only global, so it is the

@@ -19,6 +19,9 @@ extension TCPTracer {
     /// in both, and its final counts win); shared entries are read after the
     /// set of closed cookies (an entry is only deleted once final).
     public func read() throws -> KernelReading {
+        // Before the maps: a close counted after this is seen by the next poll.
+        let closes = try statSum(TCPTOP_STAT_CLOSES)
+        defer { closesAtLastRead = closes }
         let closedCookies = Set(try batchRead(fd: closedCookiesFD, key: UInt64(0), value: UInt8(0)).map(\.0))
         let shared = try batchRead(fd: sharedConnectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
         let live = try readLiveSockets()
@@ -121,16 +124,24 @@ extension TCPTracer {
         }
     }
 
-    private func readStats() throws -> UnattributedCounters {
+    /// True when a tracked socket was destroyed since the last `read()`:
+    /// one map lookup, so that polls between scrapes cost nothing when idle.
+    public func hasClosesSinceLastRead() throws -> Bool {
+        try statSum(TCPTOP_STAT_CLOSES) != closesAtLastRead
+    }
+
+    private func statSum(_ index: tcptop_stat) throws -> UInt64 {
         let cpus = Int(libbpf_num_possible_cpus())
         guard cpus > 0 else { throw TracerError.libbpf("counting CPUs", code: Int32(cpus)) }
-        func sum(_ index: tcptop_stat) throws -> UInt64 {
-            var key = UInt32(index.rawValue)
-            var perCPU = [UInt64](repeating: 0, count: cpus)
-            let err = bpf_map_lookup_elem(statsFD, &key, &perCPU)
-            if err != 0 { throw TracerError.libbpf("reading the BPF stats", code: err) }
-            return perCPU.reduce(0, &+)
-        }
+        var key = UInt32(index.rawValue)
+        var perCPU = [UInt64](repeating: 0, count: cpus)
+        let err = bpf_map_lookup_elem(statsFD, &key, &perCPU)
+        if err != 0 { throw TracerError.libbpf("reading the BPF stats", code: err) }
+        return perCPU.reduce(0, &+)
+    }
+
+    private func readStats() throws -> UnattributedCounters {
+        let sum = statSum
         var counters = UnattributedCounters()
         counters.sentBytes = try sum(TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES)
         counters.receivedBytes = try sum(TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES)

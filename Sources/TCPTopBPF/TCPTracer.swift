@@ -47,6 +47,8 @@ public final class TCPTracer {
     /// Labels already built, by connection: most reads see the same
     /// connections again, and building address text is the costly part.
     var labelCache: [ConnectionID: ConnectionLabels] = [:]
+    /// The kernel's count of socket closes when `read()` last began.
+    var closesAtLastRead: UInt64 = 0
 
     public static func start(_ options: Options, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> TCPTracer {
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""

@@ -31,11 +31,16 @@ public final class MetricsCollector: @unchecked Sendable {
         self.lastSuccessfulRead = monotonicSeconds()
     }
 
-    /// Collects closed connections between scrapes, so the kernel map keeps room.
+    /// Collects closed connections between scrapes, so the kernel maps keep
+    /// room; when no socket closed since the last read, it only checks that.
     public func poll() throws {
         lock.lock()
         defer { lock.unlock() }
-        try readKernel()
+        if try tracer.hasClosesSinceLastRead() {
+            try readKernel()
+        } else {
+            lastSuccessfulRead = monotonicSeconds()
+        }
     }
 
     /// A reloaded retention applies from the next read on.

@@ -18,7 +18,10 @@ enum ThroughputFigure {
             for _ in 0..<settings.throughputRounds {
                 for tracerOn in [true, false] {
                     let daemon = tracerOn ? try DaemonUnderTest() : nil
-                    if LoadedPrograms.count(named: "tcptop_send") > (tracerOn ? 1 : 0) { foreignRounds += 1 }
+                    // The kernel frees a stopped daemon's programs after a grace period: wait for it.
+                    let expected = tracerOn ? 1 : 0
+                    for _ in 0..<30 where LoadedPrograms.count(named: "tcptop_send") > expected { usleep(100_000) }
+                    if LoadedPrograms.count(named: "tcptop_send") > expected { foreignRounds += 1 }
                     for (index, workload) in workloads.enumerated() {
                         let rate = try workload.measure(settings.roundSeconds)
                         if tracerOn { on[index].append(rate) } else { off[index].append(rate) }
