@@ -44,22 +44,15 @@ enum BPFCostFigure {
     /// receiver, returns nanoseconds per run of each program.
     private static func round(events: Int, options: TCPTracer.Options) throws -> [String: Double] {
         let tracer = try TCPTracer.start(options)
-        let (listener, port) = try Loopback.listen()
-        defer { close(listener) }
-        let (client, server) = try Loopback.pair(listener: listener, port: port)
-        defer { close(client) }
-        let receiver = Worker { () -> Int in
-            defer { close(server) }
-            return Loopback.drain(server)
-        }
+        let connection = try DrainedConnection()
+        let client = connection.client
 
         let before = tracer.programStats()
         var byte: UInt8 = 1
         for _ in 0..<events {
             guard send(client, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 else { break }
         }
-        shutdown(client, Int32(SHUT_WR))
-        _ = receiver.join()
+        connection.finish()
         let after = tracer.programStats()
 
         var costs: [String: Double] = [:]

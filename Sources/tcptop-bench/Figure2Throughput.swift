@@ -48,14 +48,8 @@ enum ThroughputFigure {
     /// can (Nagle left on: the cheapest send, so the hook's share is largest),
     /// a second thread drains. Returns send calls per second.
     static func sendLoop(seconds: Double) throws -> Double {
-        let (listener, port) = try Loopback.listen()
-        defer { close(listener) }
-        let (client, server) = try Loopback.pair(listener: listener, port: port)
-        defer { close(client) }
-        let receiver = Worker { () -> Int in
-            defer { close(server) }
-            return Loopback.drain(server)
-        }
+        let connection = try DrainedConnection()
+        let client = connection.client
         var byte: UInt8 = 1
         var sends = 0
         let start = now()
@@ -67,8 +61,7 @@ enum ThroughputFigure {
             }
             elapsed = now() - start
         } while elapsed < seconds
-        shutdown(client, Int32(SHUT_WR))
-        _ = receiver.join()
+        connection.finish()
         return Double(sends) / elapsed
     }
 
@@ -122,14 +115,8 @@ enum ThroughputFigure {
 
     /// (c) One connection, 64 KiB per send, a thread draining. Returns bytes per second.
     static func bulk(seconds: Double) throws -> Double {
-        let (listener, port) = try Loopback.listen()
-        defer { close(listener) }
-        let (client, server) = try Loopback.pair(listener: listener, port: port)
-        defer { close(client) }
-        let receiver = Worker { () -> Int in
-            defer { close(server) }
-            return Loopback.drain(server)
-        }
+        let connection = try DrainedConnection()
+        let client = connection.client
         let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
         defer { chunk.deallocate() }
         chunk.initializeMemory(as: UInt8.self, repeating: 7)
@@ -142,8 +129,7 @@ enum ThroughputFigure {
             bytes += sent
             elapsed = now() - start
         } while elapsed < seconds
-        shutdown(client, Int32(SHUT_WR))
-        _ = receiver.join()
+        connection.finish()
         return Double(bytes) / elapsed
     }
 }

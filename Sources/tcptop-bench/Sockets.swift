@@ -128,3 +128,27 @@ func httpGet(port: UInt16, path: String) throws -> [UInt8] {
     }
     return Array(reply[split.upperBound...])
 }
+
+/// One loopback connection whose receiving end a second thread drains, for
+/// the send-side workloads. `finish()` ends the stream and waits for the drain.
+final class DrainedConnection {
+    let client: Int32
+    private let receiver: Worker<Int>
+
+    init() throws {
+        let (listener, port) = try Loopback.listen()
+        defer { close(listener) }
+        let (client, server) = try Loopback.pair(listener: listener, port: port)
+        self.client = client
+        receiver = Worker {
+            defer { close(server) }
+            return Loopback.drain(server)
+        }
+    }
+
+    func finish() {
+        shutdown(client, Int32(SHUT_WR))
+        _ = receiver.join()
+        close(client)
+    }
+}
