@@ -311,53 +311,14 @@ struct TcptopOutput {
 /// A traffic peer run with --hold: after its transfer it keeps the
 /// connection open until released.
 final class HeldPeer {
-    let process = Process()
-    private let output = Pipe(), input = Pipe()
-    private var buffer: [UInt8] = []
-    private(set) var ready: (pid: UInt32, port: UInt16) = (0, 0)
+    private let peer: LinePeer
+    let ready: (pid: UInt32, port: UInt16)
 
     init(_ arguments: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [TrafficPeers.script] + arguments + ["--hold"]
-        process.standardOutput = output
-        process.standardInput = input
-        try process.run()
-        let line = try readLine()
-        let fields = Dictionary(uniqueKeysWithValues: line.split(separator: " ").dropFirst().compactMap { part in
-            let pair = part.split(separator: "=", maxSplits: 1)
-            return pair.count == 2 ? (String(pair[0]), String(pair[1])) : nil
-        })
-        guard let pid = fields["pid"].flatMap({ UInt32($0) }), let port = fields["port"].flatMap({ UInt16($0) }) else {
-            throw PeerError(description: "unexpected peer line: \(line)")
-        }
-        ready = (pid, port)
+        peer = try LinePeer(arguments, hold: true)
+        ready = try peer.readReady()
     }
 
-    deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-    }
-
-    func waitFor(_ expected: String) throws {
-        let line = try readLine()
-        guard line == expected else { throw PeerError(description: "expected \(expected), peer said \(line)") }
-        if expected == "DONE" { process.waitUntilExit() }
-    }
-
-    func release() { input.fileHandleForWriting.write(Data("\n".utf8)) }
-
-    private func readLine() throws -> String {
-        while true {
-            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: buffer[..<newline], as: UTF8.self)
-                buffer.removeSubrange(...newline)
-                return line
-            }
-            let data = output.fileHandleForReading.availableData
-            if data.isEmpty { throw PeerError(description: "peer exited early") }
-            buffer += data
-        }
-    }
+    func waitFor(_ expected: String) throws { try peer.waitFor(expected) }
+    func release() { peer.release() }
 }

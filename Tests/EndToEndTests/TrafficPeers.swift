@@ -36,18 +36,35 @@ enum TrafficPeers {
 
 struct PeerError: Error, CustomStringConvertible { let description: String }
 
-/// A child process whose stdout is read line by line.
+/// A child process whose stdout is read line by line. With `hold`, the
+/// peer keeps its connection open after the transfer until `release()`.
 final class LinePeer {
     let process = Process()
     private let output = Pipe()
+    private let input = Pipe()
     private var buffer: [UInt8] = []
 
-    init(_ arguments: [String]) throws {
+    init(_ arguments: [String], hold: Bool = false) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [TrafficPeers.script] + arguments
+        process.arguments = [TrafficPeers.script] + arguments + (hold ? ["--hold"] : [])
         process.standardOutput = output
-        process.standardInput = FileHandle.nullDevice
+        process.standardInput = hold ? input : FileHandle.nullDevice
         try process.run()
+    }
+
+    deinit {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    func release() { input.fileHandleForWriting.write(Data("\n".utf8)) }
+
+    func waitFor(_ expected: String) throws {
+        let line = try readLine()
+        guard line == expected else { throw PeerError(description: "expected \(expected), peer said \(line)") }
+        if expected == "DONE" { process.waitUntilExit() }
     }
 
     func readLine() throws -> String {
