@@ -41,6 +41,7 @@ struct sock {
 /* The context of a socket-local-storage iterator program. */
 struct seq_file;
 struct bpf_map;
+struct task_struct;
 
 struct bpf_iter_meta {
 	struct seq_file *seq;
@@ -50,6 +51,14 @@ struct bpf_iter__bpf_sk_storage_map {
 	struct bpf_iter_meta *meta;
 	struct bpf_map *map;
 	struct sock *sk;
+	void *value;
+};
+
+/* The context of a hash-map element iterator program (kprobe mode). */
+struct bpf_iter__bpf_map_elem {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+	void *key;
 	void *value;
 };
 

@@ -21,6 +21,7 @@
  * User space reads live sockets through a socket-storage iterator, and the
  * final counts of destroyed sockets from "closed_conns". */
 #include "kernel_types.h"
+#include <asm/ptrace.h> /* struct pt_regs, the context of the kprobe programs */
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
@@ -306,6 +307,243 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 		if (bpf_map_update_elem(&closed, &key.cookie, &one, BPF_ANY))
 			add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
 	}
+	return 0;
+}
+
+/* Last-resort fallback: kprobe/kretprobe pairs on the same functions, for
+ * kernels with BTF but without BPF trampolines (fexit refused). kprobe
+ * programs cannot use socket storage nor the socket cookie, so this mode
+ * keeps its own maps:
+ *   - "calls": the entry probe stashes the socket (and whether the call is a
+ *     MSG_PEEK receive) per thread; the return probe of the same thread
+ *     takes it and counts the return value, the bytes really moved.
+ *   - "sk_owners": the owner's counters by struct sock address, in the same
+ *     struct as the socket storage. Its "cookie" is a number from
+ *     next_connection_id instead (unique for the loaded program, so a reused
+ *     socket address is a new connection end). Other processes on the socket
+ *     go to "conns" as in the other modes (count_shared).
+ *   - at tcp_destroy_sock (a tp_btf program: BTF only, no trampoline) the
+ *     owner's entry moves to "closed_conns" and is deleted, and the shared
+ *     entries are marked final in "closed", as tcptop_destroy does.
+ *   - user space reads "sk_owners" through a map-element iterator
+ *     (tcptop_kprobe_dump) in place of the socket-storage iterator.
+ * A call whose return probe never runs (the kretprobe has only maxactive
+ * instances; libbpf 1.1 cannot raise the kernel's default, max(10, 2 x
+ * CPUs)) is found at that thread's next call, or when the thread exits: it
+ * is counted in TCPTOP_STAT_MISSED_CALLS and as an unattributed event, its
+ * bytes are unknown. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* resized by user space before load (1 in other modes) */
+	__type(key, __u64);
+	__type(value, struct tcptop_sock_value);
+} sk_owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); /* threads inside the hooked functions at once (1 in other modes) */
+	__type(key, __u64);
+	__type(value, struct tcptop_call);
+} calls SEC(".maps");
+
+/* The connection ids of kprobe mode; 0 is never handed out. */
+__u64 next_connection_id = 0;
+
+static __always_inline void missed_call(bool is_send)
+{
+	add_stat(TCPTOP_STAT_MISSED_CALLS, 1);
+	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS : TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS, 1);
+}
+
+static __noinline int count_kprobe(struct sock *sk, __u32 tgid, int ret, bool is_send)
+{
+	__u64 key = (__u64)sk;
+	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
+	if (owned && owned->owner_tgid == tgid) {
+		add_bytes(&owned->conn, ret, is_send);
+		return 0;
+	}
+	if (!owned) {
+		struct tcptop_sock_value initial = {};
+		read_connection(sk, &initial.conn);
+		initial.cookie = __sync_fetch_and_add(&next_connection_id, 1) + 1;
+		initial.owner_tgid = tgid;
+		if (is_send)
+			initial.conn.sent_bytes = ret;
+		else
+			initial.conn.received_bytes = ret;
+		long err = bpf_map_update_elem(&sk_owners, &key, &initial, BPF_NOEXIST);
+		if (err == 0)
+			return 0;
+		if (err != -EEXIST) /* "sk_owners" is full */
+			return unattributed(ret, is_send);
+		owned = bpf_map_lookup_elem(&sk_owners, &key); /* another CPU inserted it first */
+		if (!owned)
+			return unattributed(ret, is_send);
+		if (owned->owner_tgid == tgid) {
+			add_bytes(&owned->conn, ret, is_send);
+			return 0;
+		}
+	}
+	return count_shared(sk, owned, tgid, ret, is_send);
+}
+
+static __always_inline bool filtered_out(__u64 pid_tgid)
+{
+	if (settings.target_tgid && (pid_tgid >> 32) != settings.target_tgid)
+		return true;
+	return settings.filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1;
+}
+
+static __always_inline int enter(struct sock *sk, bool is_send, bool peek)
+{
+	if (settings.count_nothing)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (filtered_out(pid_tgid))
+		return 0;
+	struct tcptop_call call = { .sk = (__u64)sk, .is_send = is_send, .peek = peek };
+	if (bpf_map_update_elem(&calls, &pid_tgid, &call, BPF_NOEXIST) == 0)
+		return 0;
+	struct tcptop_call *stale = bpf_map_lookup_elem(&calls, &pid_tgid);
+	if (stale) { /* this thread's previous call never returned here */
+		if (!stale->peek)
+			missed_call(stale->is_send);
+		*stale = call;
+	} else { /* "calls" is full: this call's return cannot be matched */
+		missed_call(is_send);
+	}
+	return 0;
+}
+
+static __always_inline int leave(int ret, bool is_send)
+{
+	if (settings.count_nothing)
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tcptop_call *stashed = bpf_map_lookup_elem(&calls, &pid_tgid);
+	if (!stashed) {
+		/* Filtered at entry, or the entry probe did not run: the bytes
+		 * are known, the socket is not. */
+		if (ret <= 0 || filtered_out(pid_tgid))
+			return 0;
+		return unattributed(ret, is_send);
+	}
+	struct tcptop_call call = *stashed;
+	bpf_map_delete_elem(&calls, &pid_tgid);
+	if (call.is_send != is_send) { /* a stale entry of the other direction */
+		if (!call.peek)
+			missed_call(call.is_send);
+		return ret > 0 ? unattributed(ret, is_send) : 0;
+	}
+	if (call.peek || ret <= 0) /* peeked bytes are received again later */
+		return 0;
+	struct sock *sk = (struct sock *)call.sk;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return count_kprobe(sk, pid_tgid >> 32, ret, is_send);
+}
+
+SEC("kprobe/tcp_sendmsg")
+int BPF_KPROBE(tcptop_kprobe_send, struct sock *sk)
+{
+	return enter(sk, true, false);
+}
+
+SEC("kretprobe/tcp_sendmsg")
+int BPF_KRETPROBE(tcptop_kretprobe_send, int ret)
+{
+	return leave(ret, true);
+}
+
+/* Before Linux 6.5 (sendfile, splice); loaded only where it exists. */
+SEC("kprobe/tcp_sendpage")
+int BPF_KPROBE(tcptop_kprobe_sendpage, struct sock *sk)
+{
+	return enter(sk, true, false);
+}
+
+SEC("kretprobe/tcp_sendpage")
+int BPF_KRETPROBE(tcptop_kretprobe_sendpage, int ret)
+{
+	return leave(ret, true);
+}
+
+/* flags is the 4th argument of tcp_recvmsg from 5.19 on (4 and 5 arguments). */
+SEC("kprobe/tcp_recvmsg")
+int BPF_KPROBE(tcptop_kprobe_recv, struct sock *sk, void *msg, __u64 len, int flags)
+{
+	return enter(sk, false, flags & MSG_PEEK);
+}
+
+/* Before 5.19: tcp_recvmsg(sk, msg, len, nonblock, flags, addr_len). */
+SEC("kprobe/tcp_recvmsg")
+int BPF_KPROBE(tcptop_kprobe_recv6, struct sock *sk, void *msg, __u64 len, int nonblock, int flags)
+{
+	return enter(sk, false, flags & MSG_PEEK);
+}
+
+SEC("kretprobe/tcp_recvmsg")
+int BPF_KRETPROBE(tcptop_kretprobe_recv, int ret)
+{
+	return leave(ret, false);
+}
+
+/* A thread that ends with a stashed call: that call's return probe never
+ * ran (a thread killed inside a call returns from it before exiting). */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tcptop_kprobe_exit, struct task_struct *task)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tcptop_call *stale = bpf_map_lookup_elem(&calls, &pid_tgid);
+	if (!stale)
+		return 0;
+	if (!stale->peek)
+		missed_call(stale->is_send);
+	bpf_map_delete_elem(&calls, &pid_tgid);
+	return 0;
+}
+
+/* tcptop_destroy for kprobe mode. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tcptop_kprobe_destroy, struct sock *sk)
+{
+	__u64 sk_key = (__u64)sk;
+	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &sk_key);
+	if (!owned)
+		return 0;
+	add_stat(TCPTOP_STAT_CLOSES, 1);
+	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = owned->owner_tgid };
+	struct tcptop_conn_value final = owned->conn;
+	if (bpf_map_update_elem(&closed_conns, &key, &final, BPF_NOEXIST)) {
+		add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES, final.sent_bytes - owned->reported_sent_bytes);
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES, final.received_bytes - owned->reported_received_bytes);
+	}
+	if (owned->shared) {
+		__u8 one = 1;
+		if (bpf_map_update_elem(&closed, &key.cookie, &one, BPF_ANY))
+			add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
+	}
+	/* The address may be reused by the next socket: a new entry, new id. */
+	bpf_map_delete_elem(&sk_owners, &sk_key);
+	return 0;
+}
+
+/* tcptop_dump for kprobe mode: one record per "sk_owners" entry. */
+SEC("iter/bpf_map_elem")
+int tcptop_kprobe_dump(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct tcptop_sock_value *owned = ctx->value;
+	if (!ctx->key || !owned)
+		return 0;
+	struct tcptop_conn_record record = {};
+	record.key.cookie = owned->cookie;
+	record.key.tgid = owned->owner_tgid;
+	record.value = owned->conn;
+	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
+	owned->reported_sent_bytes = record.value.sent_bytes;
+	owned->reported_received_bytes = record.value.received_bytes;
 	return 0;
 }
 

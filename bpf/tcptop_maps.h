@@ -46,6 +46,14 @@ struct tcptop_sock_value {
 	__u64 reported_received_bytes;
 };
 
+/* kprobe mode: what the entry probe leaves for the return probe of the
+ * same thread (key: pid_tgid). */
+struct tcptop_call {
+	__u64 sk;
+	__u32 is_send;
+	__u32 peek; /* MSG_PEEK: the return is not counted */
+};
+
 /* One connection end as the socket iterator writes it to user space. */
 struct tcptop_conn_record {
 	struct tcptop_conn_key key;
@@ -63,7 +71,13 @@ enum tcptop_stat {
 	/* Tracked sockets destroyed: user space reads the closed maps only
 	 * when this moved, so an idle poll is one lookup. */
 	TCPTOP_STAT_CLOSES = 5,
-	TCPTOP_STAT_COUNT = 6,
+	/* kprobe mode only: calls whose kretprobe never ran (more threads
+	 * inside tcp_sendmsg/tcp_recvmsg at once than the kretprobe's
+	 * maxactive instances, or the entry stash full), or whose kprobe
+	 * never ran. Their bytes are unknown; each is also one unattributed
+	 * event of its direction. */
+	TCPTOP_STAT_MISSED_CALLS = 6,
+	TCPTOP_STAT_COUNT = 7,
 };
 
 /* Load-time settings: the program's only read-only global, so it is the

@@ -70,7 +70,7 @@ public struct KernelHooks: Sendable, Equatable {
 
 /// The programs to load for one attach mode, and why that mode.
 public struct AttachPlan: Sendable, Equatable {
-    /// tp_btf or fexit: the value of the attach-mode self-metric.
+    /// tp_btf, fexit or kprobe: the value of the attach-mode self-metric.
     public var mode: TCPTracer.AttachMode
     /// Programs (by function name in bpf/tcptop.bpf.c) to load and attach;
     /// every other program is not loaded.
@@ -80,6 +80,9 @@ public struct AttachPlan: Sendable, Equatable {
 
     /// Loaded in every mode: the close hook and the socket iterator.
     static let common = ["tcptop_destroy", "tcptop_dump"]
+    /// Their kprobe-mode counterparts (no socket storage there).
+    /// tcptop_kprobe_exit counts the missed returns of threads that end.
+    static let kprobeCommon = ["tcptop_kprobe_destroy", "tcptop_kprobe_exit", "tcptop_kprobe_dump"]
 
     public static func choose(_ requested: TCPTracer.AttachMode, kernel: KernelHooks) throws -> AttachPlan {
         guard kernel.destroyTracepoint else {
@@ -95,7 +98,7 @@ public struct AttachPlan: Sendable, Equatable {
         case .fexit:
             return try fexitPlan(kernel: kernel, reason: "attach mode fexit (configured)")
         case .kprobe:
-            throw TracerError("attach mode kprobe is not implemented yet; use auto, tp_btf or fexit")
+            return try kprobePlan(kernel: kernel, reason: "attach mode kprobe (configured)")
         case .auto:
             if kernel.sendRecvTracepoints {
                 return tracepointPlan(reason: "attach mode tp_btf (auto: kernel \(kernel.release) has the sock_send_length/sock_recv_length tracepoints)")
@@ -103,10 +106,40 @@ public struct AttachPlan: Sendable, Equatable {
             do {
                 return try fexitPlan(kernel: kernel, reason: "attach mode fexit (auto: kernel \(kernel.release) has no sock_send_length tracepoint, before Linux 6.3)")
             } catch {
-                throw TracerError(
-                    "kernel \(kernel.release) has no sock_send_length tracepoint and no usable tcp_sendmsg/tcp_recvmsg for fexit (\(error)); kprobe mode is not implemented yet")
+                do {
+                    return try kprobePlan(kernel: kernel, reason: "attach mode kprobe (auto: kernel \(kernel.release) has no sock_send_length tracepoint and no usable tcp_sendmsg/tcp_recvmsg for fexit)")
+                } catch let kprobeError {
+                    throw TracerError(
+                        "kernel \(kernel.release) has no sock_send_length tracepoint and no usable tcp_sendmsg/tcp_recvmsg for fexit (\(error)) nor kprobe (\(kprobeError))")
+                }
             }
         }
+    }
+
+    /// The last resort of `auto`: the kernel has what fexit needs in its BTF,
+    /// but refused to load or attach the fexit programs (no BPF trampolines).
+    public static func kprobeFallback(kernel: KernelHooks, fexitError: TracerError) throws -> AttachPlan {
+        try kprobePlan(kernel: kernel, reason: "attach mode kprobe (auto: kernel \(kernel.release) has no sock_send_length tracepoint and refuses fexit: \(fexitError))")
+    }
+
+    /// kprobe/kretprobe pairs on the same functions. The return probes need
+    /// no signature; the entry probe of tcp_recvmsg reads the flags (MSG_PEEK)
+    /// from the 4th argument (5.19 on) or the 5th (before).
+    private static func kprobePlan(kernel: KernelHooks, reason: String) throws -> AttachPlan {
+        guard kernel.tcpSendmsgArguments != nil else {
+            throw TracerError("attach mode kprobe: kernel \(kernel.release) has no tcp_sendmsg in its BTF")
+        }
+        guard let count = kernel.tcpRecvmsgArguments, (4...6).contains(count) else {
+            throw TracerError("attach mode kprobe: kernel \(kernel.release) has \(describe(kernel.tcpRecvmsgArguments)) tcp_recvmsg (expected 4 to 6 arguments)")
+        }
+        var programs = ["tcptop_kprobe_send", "tcptop_kretprobe_send",
+                        count == 6 ? "tcptop_kprobe_recv6" : "tcptop_kprobe_recv", "tcptop_kretprobe_recv"]
+        var line = reason
+        if kernel.tcpSendpageArguments != nil {
+            programs += ["tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage"]
+            line += "; tcp_sendpage hooked too"
+        }
+        return AttachPlan(mode: .kprobe, programs: programs + kprobeCommon, reason: line)
     }
 
     private static func tracepointPlan(reason: String) -> AttachPlan {

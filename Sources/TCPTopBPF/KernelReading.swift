@@ -10,6 +10,10 @@ public struct KernelReading: Sendable {
     /// Sockets with their own storage in the kernel now.
     public var liveSockets: Int
     public var unattributed: UnattributedCounters
+    /// kprobe mode: calls whose return probe never ran (kretprobe maxactive
+    /// exhausted) or whose entry probe did not. Bytes unknown; each is also
+    /// one of `unattributed`'s events. Always 0 in the other modes.
+    public var missedCalls: UInt64
 }
 
 extension TCPTracer {
@@ -52,7 +56,8 @@ extension TCPTracer {
         if labelCache.count > seen.count {
             labelCache = labelCache.filter { seen.contains($0.key) }
         }
-        return KernelReading(connections: samples, liveSockets: live.count, unattributed: try readStats())
+        return KernelReading(connections: samples, liveSockets: live.count, unattributed: try readStats(),
+                             missedCalls: try statSum(TCPTOP_STAT_MISSED_CALLS))
     }
 
     /// One pass of the socket iterator: a record per socket that has storage.

@@ -17,17 +17,22 @@ public final class TCPTracer {
         public var countNothing = false
         /// Which hooks to use; `auto` picks from what the kernel offers.
         public var attachMode: AttachMode = .auto
+        /// What the kernel offers; nil reads it from the kernel's BTF. Tests
+        /// pass a changed copy to take another kernel's path (auto falling
+        /// back from fexit to kprobe).
+        public var kernelHooks: KernelHooks?
         public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0, cgroupPath: String? = nil,
-                    countNothing: Bool = false, attachMode: AttachMode = .auto) {
+                    countNothing: Bool = false, attachMode: AttachMode = .auto, kernelHooks: KernelHooks? = nil) {
             self.mapCapacity = mapCapacity
             self.targetPID = targetPID
             self.cgroupPath = cgroupPath
             self.countNothing = countNothing
             self.attachMode = attachMode
+            self.kernelHooks = kernelHooks
         }
     }
 
-    /// How the programs are attached ("tp_btf" or "fexit"), for the
+    /// How the programs are attached ("tp_btf", "fexit" or "kprobe"), for the
     /// attach-mode self-metric.
     public var attachMode: String { plan.mode.rawValue }
     /// One line for the log: the mode chosen and why.
@@ -40,6 +45,8 @@ public final class TCPTracer {
     /// The socket iterator: every read creates one pass over it.
     var iteratorLink: OpaquePointer?
     let socketsFD: Int32
+    /// kprobe mode's owner counters by socket address (its iterator's map).
+    let socketOwnersFD: Int32
     let sharedConnectionsFD: Int32
     let closedCookiesFD: Int32
     let closedConnectionsFD: Int32
@@ -53,9 +60,27 @@ public final class TCPTracer {
     public static func start(_ options: Options, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> TCPTracer {
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
         try Preflight.checkCapabilities(statusText: status)
-        let plan = try AttachPlan.choose(options.attachMode, kernel: KernelHooks.probe())
+        let kernel = try options.kernelHooks ?? KernelHooks.probe()
+        let plan = try AttachPlan.choose(options.attachMode, kernel: kernel)
         LibbpfLog.install(log)
+        guard options.attachMode == .auto && plan.mode == .fexit else {
+            return try start(options, plan: plan)
+        }
+        // BTF says fexit would fit, but only loading and attaching tell
+        // whether the kernel has BPF trampolines: kprobe mode is the last resort.
+        do {
+            return try start(options, plan: plan)
+        } catch let fexitError as TracerError {
+            let fallback = try AttachPlan.kprobeFallback(kernel: kernel, fexitError: fexitError)
+            do {
+                return try start(options, plan: fallback)
+            } catch {
+                throw TracerError("kernel \(kernel.release) has no sock_send_length tracepoint, refuses fexit (\(fexitError)), and kprobe mode failed too (\(error))")
+            }
+        }
+    }
 
+    private static func start(_ options: Options, plan: AttachPlan) throws -> TCPTracer {
         guard let bytes = Data(base64Encoded: embeddedBPFObjectBase64) else {
             throw TracerError("the embedded BPF object is corrupt")
         }
@@ -89,6 +114,8 @@ public final class TCPTracer {
         }
         do {
             let sockets = try map("sockets")
+            let socketOwners = try map("sk_owners")
+            let calls = try map("calls")
             let shared = try map("conns")
             let closedCookies = try map("closed")
             let closedConnections = try map("closed_conns")
@@ -97,10 +124,16 @@ public final class TCPTracer {
             try Self.checkLayout(shared, key: keySize, value: valueSize)
             try Self.checkLayout(closedConnections, key: keySize, value: valueSize)
             try Self.checkLayout(sockets, key: MemoryLayout<Int32>.size, value: MemoryLayout<tcptop_sock_value>.size)
+            try Self.checkLayout(socketOwners, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_sock_value>.size)
+            try Self.checkLayout(calls, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_call>.size)
             // The closed maps take bursts of closes between two reads.
             let closedCapacity = UInt32(min(UInt64(options.mapCapacity) * 4, 1 << 24))
+            // kprobe mode's preallocated maps take no memory in the other modes.
+            let kprobeMode = plan.mode == .kprobe
             for (sized, capacity) in [(shared, options.mapCapacity), (closedCookies, closedCapacity),
-                                      (closedConnections, closedCapacity)] {
+                                      (closedConnections, closedCapacity),
+                                      (socketOwners, kprobeMode ? options.mapCapacity : 1),
+                                      (calls, kprobeMode ? bpf_map__max_entries(calls) : 1)] {
                 let err = bpf_map__set_max_entries(sized, capacity)
                 if err != 0 { throw TracerError.libbpf("setting the map capacity", code: err) }
             }
@@ -112,6 +145,7 @@ public final class TCPTracer {
             if err != 0 { throw Self.loadError(err, mode: plan.mode) }
             if let path = options.cgroupPath { try Self.setCgroupFilter(object: object, path: path) }
             socketsFD = bpf_map__fd(sockets)
+            socketOwnersFD = bpf_map__fd(socketOwners)
             sharedConnectionsFD = bpf_map__fd(shared)
             closedCookiesFD = bpf_map__fd(closedCookies)
             closedConnectionsFD = bpf_map__fd(closedConnections)
@@ -135,11 +169,19 @@ public final class TCPTracer {
             defer { program = bpf_object__next_program(object, current) }
             guard bpf_program__autoload(current) else { continue } // another attach mode's
             let name = String(cString: bpf_program__name(current))
-            if String(cString: bpf_program__section_name(current)).hasPrefix("iter/") {
+            let section = String(cString: bpf_program__section_name(current))
+            if section.hasPrefix("iter/") {
                 iteratorLink = try attachIterator(current, name: name)
             } else {
                 guard let link = bpf_program__attach(current) else {
-                    throw TracerError.libbpf("attaching \(name)", code: -errno)
+                    let code = -errno
+                    if section.hasPrefix("kprobe/") || section.hasPrefix("kretprobe/") {
+                        let hint = code == -EPERM || code == -EACCES
+                            ? "kprobe mode attaches through perf_event_open(2): it needs CAP_PERFMON, and a seccomp filter such as systemd's SystemCallFilter= must allow perf_event_open"
+                            : "kprobe mode needs a kernel with kprobes: CONFIG_KPROBES and CONFIG_KPROBE_EVENTS"
+                        throw TracerError("attaching \(name): \(libbpfErrorText(code)) (\(hint))")
+                    }
+                    throw TracerError.libbpf("attaching \(name)", code: code)
                 }
                 links.append(link)
             }
@@ -149,9 +191,14 @@ public final class TCPTracer {
     /// A socket-storage iterator is bound to its map when attached.
     private func attachIterator(_ program: OpaquePointer, name: String) throws -> OpaquePointer {
         var linkInfo = bpf_iter_link_info()
-        linkInfo.map.map_fd = UInt32(socketsFD)
+        // kprobe mode iterates its hash of socket owners instead.
+        linkInfo.map.map_fd = UInt32(plan.mode == .kprobe ? socketOwnersFD : socketsFD)
         var options = bpf_iter_attach_opts()
-        options.sz = MemoryLayout<bpf_iter_attach_opts>.stride
+        // Up to the last field only: libbpf rejects a size that includes the
+        // trailing padding unless those bytes are zero, and Swift does not
+        // promise to zero padding ("bpf_iter_attach_opts has non-zero extra
+        // bytes", seen on the static build).
+        options.sz = MemoryLayout<bpf_iter_attach_opts>.offset(of: \.link_info_len)! + MemoryLayout<UInt32>.size
         options.link_info_len = UInt32(MemoryLayout<bpf_iter_link_info>.size)
         let link = withUnsafeMutablePointer(to: &linkInfo) { info -> OpaquePointer? in
             options.link_info = info

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The guest test: tcptop-exporter on Debian 12's own kernel (6.1: no
-# sock_*_length tracepoints, so the fexit fallback) in a QEMU guest under
-# software emulation. Builds (or reuses) the cached image, builds the daemon
-# with a static Swift runtime, boots the guest with the test on a second
-# disk, and prints the guest's `ok`/`not ok` lines and a final
-# `N passed, N failed` line. Exit 0 only if every check passed.
+# sock_*_length tracepoints, so the fexit fallback; then a second pass with
+# --bpf.attach-mode=kprobe) in a QEMU guest under software emulation. Builds
+# (or reuses) the cached image, builds the daemon with a static Swift
+# runtime, boots the guest with the test on a second disk, and prints the
+# guest's `ok`/`not ok` lines and a final `N passed, N failed` line. Exit 0
+# only if every check passed.
 #   Tests/guest/run.sh            (as root; packages: qemu-system-x86 qemu-utils mmdebstrap e2fsprogs)
 # Environment: GUEST_TIMEOUT (seconds for the guest, default 900),
 # GUEST_SCRATCH (SwiftPM scratch path, default .build-static), GUEST_CHECK

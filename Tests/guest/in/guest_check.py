@@ -5,6 +5,8 @@ Installs the statically built tcptop-exporter with the shipped systemd unit
 and config, starts it under the guest's systemd (Type=notify), moves known
 bytes between named processes over 127.0.0.1 and ::1, and compares the
 scraped /metrics exactly. Then reload, stop, and nothing left in the kernel.
+Then the same exact-bytes checks once more with the daemon forced to kprobe
+mode, and more threads blocked in recv() than kretprobe instances.
 Prints `ok - ...` / `not ok - ...` lines (also to the serial console, so a
 host that only gets the console still sees them) and a final count line.
 """
@@ -171,6 +173,106 @@ def check_ends(text, ends, what):
               + " ".join(f"{n}{l} {v}" for n, l, v in parsed if l.get("comm") == comm))
 
 
+def blocked_receivers(count):
+    """`count` threads of this process blocked in recv() at once, each then
+    given 1 byte and EOF: more kretprobe instances than the kernel's default
+    maxactive (max(10, 2 x CPUs)) in kprobe mode. Half the threads call
+    recv() again (a missed return is found at the next call), half end at
+    once (found when the thread exits)."""
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(count)
+    port = listener.getsockname()[1]
+    got = []
+
+    def receive(again):
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            data = conn.recv(1)
+            while again and conn.recv(1):
+                pass
+            got.append(len(data))
+
+    threads = [threading.Thread(target=receive, args=(index % 2 == 0,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    accepted = [listener.accept()[0] for _ in range(count)]
+    time.sleep(3)  # every thread is inside recv() now
+    for conn in accepted:
+        conn.sendall(b"x")
+        conn.close()
+    for thread in threads:
+        thread.join(timeout=60)
+    listener.close()
+    return port, sum(got)
+
+
+def kprobe_pass():
+    """The daemon again, forced to kprobe mode (Debian's kernel has kprobes):
+    the same exact-bytes checks, then more blocked receivers than kretprobe
+    instances, whose missed returns must show as unattributed events."""
+    log = open("/tmp/kprobe-daemon.log", "w")
+    daemon = subprocess.Popen(["/usr/local/bin/tcptop-exporter", "--config.file=/etc/tcptop-exporter/tcptop-exporter.yml",
+                               "--bpf.attach-mode=kprobe"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t = time.monotonic()
+        text = None
+        while time.monotonic() - t < 120 and daemon.poll() is None:
+            try:
+                text = scrape()
+                break
+            except OSError:
+                time.sleep(0.5)
+        lines = open("/tmp/kprobe-daemon.log").read().splitlines()
+        if not check(text is not None, f"kprobe mode: the daemon serves /metrics ({time.monotonic() - t:.1f} s)",
+                     " | ".join(lines[-4:])):
+            return
+        check(any("mode=kprobe" in l for l in lines), "kprobe mode: the log names it", " | ".join(lines[-4:]))
+        loaded = run("bpftool", "-j", "prog", "show").stdout
+        names = sorted(re.findall(r'"name":"(tcptop[^"]*)"', loaded))
+        expected = sorted(["tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv",
+                           "tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage", "tcptop_kprobe_destroy",
+                           "tcptop_kprobe_exit", "tcptop_kprobe_dump"])
+        check(names == expected, "kprobe mode: only its programs are loaded: " + " ".join(names), f"expected {expected}")
+        check('tcptop_exporter_attach_mode{mode="kprobe"} 1' in text.splitlines(),
+              'kprobe mode: tcptop_exporter_attach_mode{mode="kprobe"} 1',
+              " ".join(l for l in text.splitlines() if "attach_mode" in l))
+        ends = []
+        ends += exchange("4", "gk-cli-4a", "gk-srv-4a", 1, 123457, seed=11)
+        ends += exchange("4", "gk-cli-4b", "gk-srv-4b", 1000000, 1, seed=13, peek=True)
+        ends += exchange("6", "gk-cli-6a", "gk-srv-6a", 65536, 3000001, seed=15)
+        ends += exchange("6", "gk-cli-6b", "gk-srv-6b", 123457, 1, seed=17, peek=True)
+        check_ends(scrape(), ends, "kprobe mode, exact bytes")
+        sendfile_ends = sendfile_exchange(200000)
+        check_ends(scrape(), sendfile_ends, "kprobe mode, sendfile (tcp_sendpage)")
+        shared_ends = shared_exchange(300001, 4242)
+        check_ends(scrape(), shared_ends, "kprobe mode, one socket, two processes")
+
+        def missed(text):
+            return sum(int(float(v)) for n, l, v in samples(text)
+                       if n == "tcptop_unattributed_events_total" and l.get("direction") == "received")
+        before = missed(scrape())
+        count = 40
+        port, received = blocked_receivers(count)
+        text = scrape()
+        counted = sum(int(float(v)) for n, l, v in samples(text) if n == "tcptop_received_bytes_total"
+                      and l.get("pid") == str(os.getpid()) and l.get("rport") == str(port))
+        lost = missed(text) - before
+        check(received == count and counted + lost == count and lost > 0,
+              f"kprobe mode, {count} threads blocked in recv(): {counted} bytes counted, {lost} missed returns "
+              "counted as unattributed events, none silently lost", f"received {received}")
+    finally:
+        daemon.terminate()
+        try:
+            check(daemon.wait(timeout=60) == 0, "kprobe mode: the daemon stops cleanly")
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            check(False, "kprobe mode: the daemon stops cleanly", "killed")
+        programs = run("bpftool", "prog", "show").stdout
+        check("tcptop" not in programs, "kprobe mode: no BPF program left after stop",
+              " ".join(l for l in programs.splitlines() if "tcptop" in l))
+
+
 def main():
     global out_file
     parser = argparse.ArgumentParser()
@@ -258,8 +360,13 @@ def main():
     check("tcptop" not in programs, "no BPF program left after stop",
           " ".join(l for l in programs.splitlines() if "tcptop" in l))
 
+    t = time.monotonic()
+    kprobe_pass()
+    kprobe_seconds = time.monotonic() - t
+
     passed = sum(results)
     failed = len(results) - passed
+    emit(f"# kprobe pass took {kprobe_seconds:.1f} s")
     emit(f"# guest checks took {time.monotonic() - started:.1f} s (start {start_seconds:.1f} s, traffic {traffic_seconds:.1f} s)")
     emit(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 and passed > 0 else 1
