@@ -19,6 +19,7 @@ public final class MetricsCollector: @unchecked Sendable {
     private let info: SelfInfo
     private var unattributed = UnattributedCounters()
     private var kernelEntries = 0
+    private var missedCalls: UInt64 = 0
     private var readErrors: UInt64 = 0
     private var scrapeCount: UInt64 = 0
     private var scrapeSeconds = 0.0
@@ -83,6 +84,7 @@ public final class MetricsCollector: @unchecked Sendable {
         registry.update(with: reading.connections, now: now)
         unattributed = reading.unattributed
         kernelEntries = reading.liveSockets
+        missedCalls = reading.missedCalls
         lastSuccessfulRead = now
     }
 
@@ -119,6 +121,10 @@ public final class MetricsCollector: @unchecked Sendable {
         for view in views {
             writer.sample(name: "tcptop_exporter_overflowed_label_sets", labels: [("view", view.prefix)], value: UInt64(view.overflowedLabelSets))
         }
+        writer.family(name: "tcptop_exporter_kprobe_missed_calls_total",
+                      help: "kprobe mode: calls whose return the kernel did not report (too many threads blocked at once); counted as unattributed events.",
+                      type: .counter)
+        writer.sample(name: "tcptop_exporter_kprobe_missed_calls_total", value: missedCalls)
         writer.family(name: "tcptop_exporter_kernel_read_errors_total", help: "Failed reads of the kernel maps.", type: .counter)
         writer.sample(name: "tcptop_exporter_kernel_read_errors_total", value: readErrors)
         writer.family(name: "tcptop_exporter_scrapes_total", help: "Scrapes of the telemetry path answered.", type: .counter)

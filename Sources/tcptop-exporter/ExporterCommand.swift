@@ -9,7 +9,7 @@ struct ExporterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tcptop-exporter",
         abstract: "Counts TCP bytes per connection and process with eBPF and serves them to Prometheus.",
-        discussion: "Needs root, or CAP_BPF and CAP_PERFMON. Linux >= 6.3 with BTF.",
+        discussion: "Needs root, or CAP_BPF and CAP_PERFMON, and a kernel with BTF (tp_btf hooks on Linux >= 6.3, fexit or kprobe before).",
         version: tcptopVersion)
 
     @Option(name: .customLong("web.listen-address"),
