@@ -62,6 +62,10 @@ public struct ExpositionWriter: Sendable {
 
     /// The hot path: name and labels both already bytes.
     public mutating func sample(nameBytes: [UInt8], preformattedLabels: [UInt8], value: UInt64) {
+        sample(nameBytes: nameBytes, preformattedLabels: preformattedLabels[...], value: value)
+    }
+
+    public mutating func sample(nameBytes: [UInt8], preformattedLabels: ArraySlice<UInt8>, value: UInt64) {
         bytes.append(contentsOf: nameBytes)
         bytes.append(contentsOf: preformattedLabels)
         bytes.append(space)

@@ -44,12 +44,12 @@ extension SeriesView {
     private func writeFamily(name: [UInt8], help: String, sums: [UInt64], into writer: inout ExpositionWriter) {
         guard renderedSeriesCount > 0 else { return }
         writer.family(name: String(decoding: name, as: UTF8.self), help: help, type: .counter)
-        let labelText = self.labelText
+        let labelTexts = self.labelTexts
         for slot in state.indices where state[slot] == .own {
-            writer.sample(nameBytes: name, preformattedLabels: labelText[slot], value: sums[slot])
+            writer.sample(nameBytes: name, preformattedLabels: labelTexts.text(of: slot), value: sums[slot])
         }
         if let overflow = overflowSlot.map(Int.init) {
-            writer.sample(nameBytes: name, preformattedLabels: labelText[overflow], value: sums[overflow])
+            writer.sample(nameBytes: name, preformattedLabels: labelTexts.text(of: overflow), value: sums[overflow])
         }
     }
 }

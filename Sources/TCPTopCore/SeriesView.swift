@@ -26,20 +26,18 @@ final class SeriesView {
 
     // Per slot.
     private(set) var state: [SlotState] = []
-    private(set) var labelText: [[UInt8]] = []
+    private(set) var labelTexts = LabelTextStore()
     private(set) var baseSent: [UInt64] = []
     private(set) var baseReceived: [UInt64] = []
     private var memberCount: [Int] = []
     private var lastActivity: [Double] = []
 
     private var freeSlots: [Int32] = []
-    /// Own and overflowed label sets by their escaped label text (escaping is injective).
-    private var slotOfLabels: [LabelTextKey: Int32] = [:]
     private(set) var overflowSlot: Int32?
     private(set) var ownSeriesCount = 0
     private(set) var overflowedLabelSetCount = 0
     /// Bytes of label text over live series, to size the output buffer.
-    private(set) var labelTextBytes = 0
+    var labelTextBytes: Int { labelTexts.liveBytes }
 
     init(config: ViewConfig) {
         self.config = config
@@ -55,7 +53,8 @@ final class SeriesView {
     /// Adds a new connection end (appended to the registry's entries).
     func addMember(labels: ConnectionLabels, now: Double) {
         let text = labelText(for: labels)
-        let slot = slotOfLabels[LabelTextKey(text: text)] ?? newLabelSet(text)
+        // Own and overflowed label sets are found by their escaped text (escaping is injective).
+        let slot = labelTexts.slot(for: text) ?? newLabelSet(text)
         memberCount[Int(slot)] += 1
         slotOfEntry.append(slot)
         touch(slot: slot, now: now)
@@ -89,7 +88,6 @@ final class SeriesView {
         // A real label set that reads like the overflow one joins it rather than duplicating it.
         let overflowed = full || text == overflowLabelText
         let slot = allocateSlot(text, state: overflowed ? .overflowed : .own)
-        slotOfLabels[LabelTextKey(text: text)] = slot
         if overflowed {
             let overflow = overflowSlot ?? allocateSlot(overflowLabelText, state: .overflow)
             overflowSlot = overflow
@@ -116,7 +114,6 @@ final class SeriesView {
             } else {
                 ownSeriesCount -= 1
             }
-            slotOfLabels[LabelTextKey(text: labelText[slot])] = nil
             freeSlot(slot)
         }
         if let overflow = overflowSlot.map(Int.init), memberCount[overflow] == 0,
@@ -129,15 +126,16 @@ final class SeriesView {
     // MARK: Slots
 
     private func allocateSlot(_ text: [UInt8], state newState: SlotState) -> Int32 {
-        labelTextBytes += text.count
+        // The overflow series is never looked up by its text.
+        let indexed = newState != .overflow
         if let slot = freeSlots.popLast() {
             let index = Int(slot)
             state[index] = newState
-            labelText[index] = text
+            labelTexts.set(slot: index, text: text, indexed: indexed)
             return slot
         }
+        labelTexts.set(slot: state.count, text: text, indexed: indexed)
         state.append(newState)
-        labelText.append(text)
         baseSent.append(0)
         baseReceived.append(0)
         memberCount.append(0)
@@ -146,9 +144,8 @@ final class SeriesView {
     }
 
     private func freeSlot(_ slot: Int) {
-        labelTextBytes -= labelText[slot].count
+        labelTexts.clear(slot: slot)
         state[slot] = .free
-        labelText[slot] = []
         baseSent[slot] = 0
         baseReceived[slot] = 0
         memberCount[slot] = 0
@@ -179,15 +176,5 @@ final class SeriesView {
         }
         text.bytes.append(UInt8(ascii: "}"))
         return text.bytes
-    }
-}
-
-/// Label text as a dictionary key, hashed as one block of bytes
-/// (`Array`'s own hashing feeds the hasher one element at a time).
-struct LabelTextKey: Hashable {
-    var text: [UInt8]
-
-    func hash(into hasher: inout Hasher) {
-        text.withUnsafeBytes { hasher.combine(bytes: $0) }
     }
 }
