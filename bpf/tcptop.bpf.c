@@ -283,16 +283,11 @@ int BPF_PROG(tcptop_fexit_recv6, struct sock *sk, void *msg, __u64 len, int nonb
 	return count(sk, ret, false);
 }
 
-/* The socket is going away with its storage: hand the owner's final counts
- * to user space, and mark the shared entries final. */
-SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(tcptop_destroy, struct sock *sk)
+/* A tracked socket is being destroyed: hand the owner's final counts to
+ * user space, and mark the shared entries final. */
+static __always_inline void hand_over(struct tcptop_sock_value *owned)
 {
-	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
-	if (!owned)
-		return 0;
 	add_stat(TCPTOP_STAT_CLOSES, 1);
-	__sync_fetch_and_sub(&live_sockets, 1);
 	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = owned->owner_tgid };
 	struct tcptop_conn_value final = owned->conn;
 	if (bpf_map_update_elem(&closed_conns, &key, &final, BPF_NOEXIST)) {
@@ -307,6 +302,17 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 		if (bpf_map_update_elem(&closed, &key.cookie, &one, BPF_ANY))
 			add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
 	}
+}
+
+/* The socket is going away with its storage. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tcptop_destroy, struct sock *sk)
+{
+	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
+	if (!owned)
+		return 0;
+	__sync_fetch_and_sub(&live_sockets, 1);
+	hand_over(owned);
 	return 0;
 }
 
@@ -512,22 +518,24 @@ int BPF_PROG(tcptop_kprobe_destroy, struct sock *sk)
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &sk_key);
 	if (!owned)
 		return 0;
-	add_stat(TCPTOP_STAT_CLOSES, 1);
-	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = owned->owner_tgid };
-	struct tcptop_conn_value final = owned->conn;
-	if (bpf_map_update_elem(&closed_conns, &key, &final, BPF_NOEXIST)) {
-		add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
-		add_stat(TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES, final.sent_bytes - owned->reported_sent_bytes);
-		add_stat(TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES, final.received_bytes - owned->reported_received_bytes);
-	}
-	if (owned->shared) {
-		__u8 one = 1;
-		if (bpf_map_update_elem(&closed, &key.cookie, &one, BPF_ANY))
-			add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
-	}
+	hand_over(owned);
 	/* The address may be reused by the next socket: a new entry, new id. */
 	bpf_map_delete_elem(&sk_owners, &sk_key);
 	return 0;
+}
+
+/* One iterator record. Each counter is copied with one 8-byte load, so a
+ * read never sees a half-updated value; what was handed over is noted for
+ * hand_over(). */
+static __always_inline void write_record(struct seq_file *seq, struct tcptop_sock_value *owned)
+{
+	struct tcptop_conn_record record = {};
+	record.key.cookie = owned->cookie;
+	record.key.tgid = owned->owner_tgid;
+	record.value = owned->conn;
+	bpf_seq_write(seq, &record, sizeof(record));
+	owned->reported_sent_bytes = record.value.sent_bytes;
+	owned->reported_received_bytes = record.value.received_bytes;
 }
 
 /* tcptop_dump for kprobe mode: one record per "sk_owners" entry. */
@@ -537,32 +545,18 @@ int tcptop_kprobe_dump(struct bpf_iter__bpf_map_elem *ctx)
 	struct tcptop_sock_value *owned = ctx->value;
 	if (!ctx->key || !owned)
 		return 0;
-	struct tcptop_conn_record record = {};
-	record.key.cookie = owned->cookie;
-	record.key.tgid = owned->owner_tgid;
-	record.value = owned->conn;
-	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
-	owned->reported_sent_bytes = record.value.sent_bytes;
-	owned->reported_received_bytes = record.value.received_bytes;
+	write_record(ctx->meta->seq, owned);
 	return 0;
 }
 
-/* Writes one record per live socket; user space runs it at every read.
- * Each counter is copied with one 8-byte load, so a read never sees a
- * half-updated value. */
+/* Writes one record per live socket; user space runs it at every read. */
 SEC("iter/bpf_sk_storage_map")
 int tcptop_dump(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
 	struct tcptop_sock_value *owned = ctx->value;
 	if (!ctx->sk || !owned)
 		return 0;
-	struct tcptop_conn_record record = {};
-	record.key.cookie = owned->cookie;
-	record.key.tgid = owned->owner_tgid;
-	record.value = owned->conn;
-	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
-	owned->reported_sent_bytes = record.value.sent_bytes;
-	owned->reported_received_bytes = record.value.received_bytes;
+	write_record(ctx->meta->seq, owned);
 	return 0;
 }
 

@@ -1,18 +1,9 @@
 import CTCPTop
+import TCPTopCore
 
 extension TCPTracer {
-    /// Which kernel hooks count the bytes. `auto` picks the best the running
-    /// kernel offers; the others force one (and fail in one line when the
-    /// kernel lacks it).
-    public enum AttachMode: String, Sendable, CaseIterable {
-        case auto
-        /// tp_btf on the sock:sock_send_length / sock_recv_length tracepoints (Linux >= 6.3).
-        case tpBTF = "tp_btf"
-        /// fexit on tcp_sendmsg / tcp_recvmsg (and tcp_sendpage where it exists).
-        case fexit
-        /// kprobe/kretprobe on the same functions, for kernels without BPF trampolines.
-        case kprobe
-    }
+    /// Which kernel hooks count the bytes: the config's own type.
+    public typealias AttachMode = BPFAttachMode
 }
 
 /// What the running kernel offers, read from its BTF. Plain values, so that

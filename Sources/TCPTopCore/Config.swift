@@ -37,12 +37,16 @@ public struct BPFConfig: Equatable, Sendable {
     public init() {}
 }
 
-/// The kernel hooks: `auto` picks tp_btf where the kernel has the
-/// sock_*_length tracepoints (Linux >= 6.3), fexit otherwise.
+/// Which kernel hooks count the bytes. `auto` picks the best the running
+/// kernel offers; the others force one (and fail in one line when the
+/// kernel lacks it).
 public enum BPFAttachMode: String, CaseIterable, Sendable {
     case auto
+    /// tp_btf on the sock:sock_send_length / sock_recv_length tracepoints (Linux >= 6.3).
     case tpBTF = "tp_btf"
+    /// fexit on tcp_sendmsg / tcp_recvmsg (and tcp_sendpage where it exists).
     case fexit
+    /// kprobe/kretprobe on the same functions, for kernels without BPF trampolines.
     case kprobe
 }
 

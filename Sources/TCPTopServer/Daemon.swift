@@ -66,8 +66,7 @@ public final class Daemon: @unchecked Sendable {
         let tracer: TCPTracer
         do {
             let logger = log
-            let mode = TCPTracer.AttachMode(rawValue: config.bpf.attachMode.rawValue) ?? .auto
-            tracer = try TCPTracer.start(.init(mapCapacity: UInt32(config.bpf.mapCapacity), attachMode: mode),
+            tracer = try TCPTracer.start(.init(mapCapacity: UInt32(config.bpf.mapCapacity), attachMode: config.bpf.attachMode),
                                          log: { logger.debug("\($0)") })
         } catch {
             log.error("\(error)")
