@@ -50,7 +50,7 @@ public struct KernelHooks: Sendable, Equatable {
             return Int(btf_vlen(proto))
         }
         return KernelHooks(
-            release: Preflight.kernelRelease(),
+            release: kernelRelease(),
             sendRecvTracepoints: tracepoint("sock_send_length") && tracepoint("sock_recv_length"),
             destroyTracepoint: tracepoint("tcp_destroy_sock"),
             tcpSendmsgArguments: arguments("tcp_sendmsg"),

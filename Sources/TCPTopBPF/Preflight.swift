@@ -32,11 +32,13 @@ enum Preflight {
     // What the kernel offers (BTF, tracepoints, functions) is probed in
     // KernelHooks.probe(), and the attach mode chosen from it.
 
-    static func kernelRelease() -> String {
-        var names = utsname()
-        uname(&names)
-        return withUnsafeBytes(of: &names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    }
+}
+
+/// The running kernel's release (uname -r), for logs and errors.
+public func kernelRelease() -> String {
+    var names = utsname()
+    uname(&names)
+    return withUnsafeBytes(of: &names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
 }
 
 extension Substring {

@@ -236,9 +236,3 @@ public final class Daemon: @unchecked Sendable {
         setRoutes(telemetryPath: kept.web.telemetryPath)
     }
 }
-
-func kernelRelease() -> String {
-    var names = utsname()
-    uname(&names)
-    return withUnsafeBytes(of: &names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-}

@@ -1,4 +1,5 @@
 import Foundation
+import TCPTopBPF
 
 /// One line of the result table. `met` is nil for rows without a target.
 struct Row {
