@@ -54,14 +54,6 @@ struct bpf_iter__bpf_sk_storage_map {
 	void *value;
 };
 
-/* The context of a hash-map element iterator program (kprobe mode). */
-struct bpf_iter__bpf_map_elem {
-	struct bpf_iter_meta *meta;
-	struct bpf_map *map;
-	void *key;
-	void *value;
-};
-
 #pragma clang attribute pop
 
 #endif

@@ -38,15 +38,18 @@ struct tcptop_sock_value {
 	struct tcptop_conn_value conn;
 	__u64 cookie;
 	__u32 owner_tgid;
-	__u32 shared; /* another process used it too: its entries are in "conns" */
-	/* The counters as the iterator last handed them to user space: if the
-	 * final counts cannot be recorded at close, the rest still counts, as
-	 * unattributed bytes. */
+	__u16 shared; /* another process used it too: its entries are in "conns" */
+	/* Socket-hash read path: the socket is gone but "closed_conns" was
+	 * full, so its final counts wait here until user space takes them. */
+	__u16 closed;
+	/* Storage-iterator read path: the counters as the iterator last handed
+	 * them to user space. If the final counts cannot be recorded at close,
+	 * the rest still counts, as unattributed bytes. */
 	__u64 reported_sent_bytes;
 	__u64 reported_received_bytes;
 };
 
-/* kprobe mode: what the entry probe leaves for the return probe of the
+/* kprobe hooks: what the entry probe leaves for the return probe of the
  * same thread (key: pid_tgid). */
 struct tcptop_call {
 	__u64 sk;
@@ -54,7 +57,7 @@ struct tcptop_call {
 	__u32 peek; /* MSG_PEEK: the return is not counted */
 };
 
-/* One connection end as the socket iterator writes it to user space. */
+/* One connection end as the socket-storage iterator writes it to user space. */
 struct tcptop_conn_record {
 	struct tcptop_conn_key key;
 	struct tcptop_conn_value value;
@@ -71,7 +74,7 @@ enum tcptop_stat {
 	/* Tracked sockets destroyed: user space reads the closed maps only
 	 * when this moved, so an idle poll is one lookup. */
 	TCPTOP_STAT_CLOSES = 5,
-	/* kprobe mode only: calls whose kretprobe never ran (more threads
+	/* kprobe hooks only: calls whose kretprobe never ran (more threads
 	 * inside tcp_sendmsg/tcp_recvmsg at once than the kretprobe's
 	 * maxactive instances, or the entry stash full), or whose kprobe
 	 * never ran. Their bytes are unknown; each is also one unattributed
@@ -87,9 +90,13 @@ struct tcptop_settings {
 	__u32 filter_cgroup; /* 1: only tasks under the cgroup in "cgroup_filter" */
 	__u32 socket_capacity; /* sockets that may get their own storage */
 	__u32 count_nothing; /* 1: return at once (the benchmark's cost floor) */
+	/* The read path: 0 = owners' counters in socket storage, read by its
+	 * iterator; 1 = in the "sk_owners" hash, read with batch lookups. */
+	__u32 socket_hash;
+	__u32 pad;
 };
 
-_Static_assert(sizeof(struct tcptop_settings) == 16, "settings layout");
+_Static_assert(sizeof(struct tcptop_settings) == 24, "settings layout");
 _Static_assert(sizeof(struct tcptop_sock_value) == 104, "socket value layout");
 _Static_assert(sizeof(struct tcptop_conn_record) == 88, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");

@@ -7,12 +7,12 @@ public struct KernelReading: Sendable {
     /// Every connection end in the kernel map; those marked closed were
     /// removed from the kernel by this read and will not appear again.
     public var connections: [ConnectionSample]
-    /// Sockets with their own storage in the kernel now.
+    /// Sockets whose owner is tracked in the kernel now.
     public var liveSockets: Int
     public var unattributed: UnattributedCounters
-    /// kprobe mode: calls whose return probe never ran (kretprobe maxactive
+    /// kprobe hooks: calls whose return probe never ran (kretprobe maxactive
     /// exhausted) or whose entry probe did not. Bytes unknown; each is also
-    /// one of `unattributed`'s events. Always 0 in the other modes.
+    /// one of `unattributed`'s events. Always 0 with the other hooks.
     public var missedCalls: UInt64
 }
 
@@ -25,15 +25,14 @@ extension TCPTracer {
     public func read() throws -> KernelReading {
         // Before the maps: a close counted after this is seen by the next poll.
         let closes = try statSum(TCPTOP_STAT_CLOSES)
-        defer { closesAtLastRead = closes }
         let closedCookies = Set(try batchRead(fd: closedCookiesFD, key: UInt64(0), value: UInt8(0)).map(\.0))
         let shared = try batchRead(fd: sharedConnectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
-        let live = try readLiveSockets()
+        let owners = try plan.readPath == .storageIterator ? readStorageIterator() : readSocketHash()
         let closed = try batchRead(fd: closedConnectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
 
         var samples: [ConnectionSample] = []
-        samples.reserveCapacity(live.count + shared.count + closed.count)
-        var seen = Set<ConnectionID>(minimumCapacity: live.count + shared.count)
+        samples.reserveCapacity(owners.live.count + owners.closed.count + shared.count + closed.count)
+        var seen = Set<ConnectionID>(minimumCapacity: owners.live.count + shared.count)
         func add(_ key: tcptop_conn_key, _ value: tcptop_conn_value, closed: Bool) {
             let id = ConnectionID(cookie: key.cookie, pid: key.tgid)
             let labels = labelCache[id] ?? Self.labels(pid: key.tgid, value: value)
@@ -44,10 +43,12 @@ extension TCPTracer {
             samples.append(ConnectionSample(
                 id: id, labels: labels, sentBytes: value.sent_bytes, receivedBytes: value.received_bytes, closed: closed))
         }
-        for record in live { add(record.key, record.value, closed: false) }
+        for record in owners.live { add(record.key, record.value, closed: false) }
+        for (_, record) in owners.closed { add(record.key, record.value, closed: true) }
         for (key, value) in shared { add(key, value, closed: closedCookies.contains(key.cookie)) }
         for (key, value) in closed { add(key, value, closed: true) }
 
+        for (var key, _) in owners.closed { _ = bpf_map_delete_elem(socketOwnersFD, &key) }
         for (var key, _) in shared where closedCookies.contains(key.cookie) {
             _ = bpf_map_delete_elem(sharedConnectionsFD, &key)
         }
@@ -56,13 +57,34 @@ extension TCPTracer {
         if labelCache.count > seen.count {
             labelCache = labelCache.filter { seen.contains($0.key) }
         }
-        return KernelReading(connections: samples, liveSockets: live.count, unattributed: try readStats(),
-                             missedCalls: try statSum(TCPTOP_STAT_MISSED_CALLS))
+        let reading = KernelReading(connections: samples, liveSockets: owners.live.count, unattributed: try readStats(),
+                                    missedCalls: try statSum(TCPTOP_STAT_MISSED_CALLS))
+        // Only a read that succeeded moves the mark: after a failed one the
+        // next poll reads the closed maps again.
+        closesAtLastRead = closes
+        return reading
     }
 
-    /// One pass of the socket iterator: a record per socket that has storage.
-    private func readLiveSockets() throws -> [tcptop_conn_record] {
-        guard let iteratorLink else { return [] }
+    /// The owners' counters: those of live sockets, and (socket hash only)
+    /// final counts left in place because "closed_conns" was full, with the
+    /// key to delete them by once taken.
+    private typealias Owners = (live: [tcptop_conn_record], closed: [(UInt64, tcptop_conn_record)])
+
+    /// Read path "socket_hash": one batch read of the owners' hash.
+    private func readSocketHash() throws -> Owners {
+        var owners: Owners = ([], [])
+        for (address, owned) in try batchRead(fd: socketOwnersFD, key: UInt64(0), value: tcptop_sock_value()) {
+            let record = tcptop_conn_record(key: tcptop_conn_key(cookie: owned.cookie, tgid: owned.owner_tgid, pad: 0),
+                                            value: owned.conn)
+            if owned.closed != 0 { owners.closed.append((address, record)) } else { owners.live.append(record) }
+        }
+        return owners
+    }
+
+    /// Read path "storage_iterator": one pass of the socket-storage iterator,
+    /// a record per socket that has storage.
+    private func readStorageIterator() throws -> Owners {
+        guard let iteratorLink else { return ([], []) }
         let fd = bpf_iter_create(bpf_link__fd(iteratorLink))
         guard fd >= 0 else { throw TracerError.libbpf("starting the socket iterator", code: fd) }
         defer { close(fd) }
@@ -81,9 +103,10 @@ extension TCPTracer {
         guard bytes.count % recordSize == 0 else {
             throw TracerError("the socket iterator wrote \(bytes.count) bytes, not whole \(recordSize)-byte records")
         }
-        return bytes.withUnsafeBytes { raw in
+        let live = bytes.withUnsafeBytes { raw in
             (0..<(bytes.count / recordSize)).map { raw.loadUnaligned(fromByteOffset: $0 * recordSize, as: tcptop_conn_record.self) }
         }
+        return (live, [])
     }
 
     static func labels(pid: UInt32, value: tcptop_conn_value) -> ConnectionLabels {

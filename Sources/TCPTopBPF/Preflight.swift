@@ -29,9 +29,20 @@ enum Preflight {
         return nil
     }
 
-    // What the kernel offers (BTF, tracepoints, functions) is probed in
-    // KernelHooks.probe(), and the attach mode chosen from it.
+    /// bpf() itself can be refused whatever the capabilities (a seccomp
+    /// filter such as systemd's SystemCallFilter=, a container runtime): a
+    /// one-entry map says so before any program is blamed.
+    static func checkBPFSyscall() throws {
+        let fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, nil, 4, 4, 1, nil)
+        guard fd >= 0 else {
+            throw TracerError(
+                "the kernel refuses bpf(): creating a one-entry BPF map failed: \(libbpfErrorText(fd)) (a seccomp filter, such as systemd's SystemCallFilter= or a container runtime's, or a security module forbids it)")
+        }
+        close(fd)
+    }
 
+    // What the kernel offers (BTF, tracepoints, functions) is read in
+    // KernelHooks.probe(); what it allows is found out by loading (TCPTracer.start).
 }
 
 /// The running kernel's release (uname -r), for logs and errors.

@@ -15,37 +15,40 @@ public final class TCPTracer {
         public var cgroupPath: String?
         /// Attach programs that return at once: the benchmark's cost floor.
         public var countNothing = false
-        /// Which hooks to use; `auto` picks from what the kernel offers.
+        /// Which hooks to use; `auto` takes the best the kernel allows.
         public var attachMode: AttachMode = .auto
-        /// What the kernel offers; nil reads it from the kernel's BTF. Tests
-        /// pass a changed copy to take another kernel's path (auto falling
-        /// back from fexit to kprobe).
+        /// How to read the counters; `auto` takes the best the kernel allows.
+        public var readPath: ReadPath = .auto
+        /// What the kernel's BTF offers; nil reads it from the kernel. Tests
+        /// pass a changed copy to take another kernel's path.
         public var kernelHooks: KernelHooks?
         public init(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0, cgroupPath: String? = nil,
-                    countNothing: Bool = false, attachMode: AttachMode = .auto, kernelHooks: KernelHooks? = nil) {
+                    countNothing: Bool = false, attachMode: AttachMode = .auto, readPath: ReadPath = .auto,
+                    kernelHooks: KernelHooks? = nil) {
             self.mapCapacity = mapCapacity
             self.targetPID = targetPID
             self.cgroupPath = cgroupPath
             self.countNothing = countNothing
             self.attachMode = attachMode
+            self.readPath = readPath
             self.kernelHooks = kernelHooks
         }
     }
 
-    /// How the programs are attached ("tp_btf", "fexit" or "kprobe"), for the
-    /// attach-mode self-metric.
-    public var attachMode: String { plan.mode.rawValue }
-    /// One line for the log: the mode chosen and why.
-    public var attachReason: String { plan.reason }
+    /// The hooks ("tp_btf", "raw_tp", "fexit" or "kprobe"), for the self-metric.
+    public var attachMode: String { plan.hooks.rawValue }
+    /// The read path ("storage_iterator" or "socket_hash"), for the self-metric.
+    public var readPath: String { plan.readPath.rawValue }
+    /// One line for the log: the plan chosen and why.
+    public let attachReason: String
     public let plan: AttachPlan
     public let mapCapacity: UInt32
 
     let object: OpaquePointer
     private var links: [OpaquePointer] = []
-    /// The socket iterator: every read creates one pass over it.
+    /// The socket-storage iterator: every read creates one pass over it.
     var iteratorLink: OpaquePointer?
-    let socketsFD: Int32
-    /// kprobe mode's owner counters by socket address (its iterator's map).
+    /// Owner counters by socket address (the socket-hash read path).
     let socketOwnersFD: Int32
     let sharedConnectionsFD: Int32
     let closedCookiesFD: Int32
@@ -54,33 +57,59 @@ public final class TCPTracer {
     /// Labels already built, by connection: most reads see the same
     /// connections again, and building address text is the costly part.
     var labelCache: [ConnectionID: ConnectionLabels] = [:]
-    /// The kernel's count of socket closes when `read()` last began.
+    /// The kernel's count of socket closes when the last `read()` began.
     var closesAtLastRead: UInt64 = 0
 
+    /// Tries the plans the kernel's BTF allows, best first, and keeps the
+    /// first that loads and attaches. A plan is given up only when the
+    /// kernel refuses one of its programs (`KernelRefusal`); any other
+    /// failure is an error.
     public static func start(_ options: Options, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> TCPTracer {
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
         try Preflight.checkCapabilities(statusText: status)
+        try Preflight.checkBPFSyscall()
         let kernel = try options.kernelHooks ?? KernelHooks.probe()
-        let plan = try AttachPlan.choose(options.attachMode, kernel: kernel)
+        let (plans, impossible) = try AttachPlan.candidates(
+            hooks: options.attachMode, readPath: options.readPath, kernel: kernel)
         LibbpfLog.install(log)
-        guard options.attachMode == .auto && plan.mode == .fexit else {
-            return try start(options, plan: plan)
-        }
-        // BTF says fexit would fit, but only loading and attaching tell
-        // whether the kernel has BPF trampolines: kprobe mode is the last resort.
-        do {
-            return try start(options, plan: plan)
-        } catch let fexitError as TracerError {
-            let fallback = try AttachPlan.kprobeFallback(kernel: kernel, fexitError: fexitError)
+        var selection = PlanSelection(plans)
+        while let plan = selection.next() {
             do {
-                return try start(options, plan: fallback)
-            } catch {
-                throw TracerError("kernel \(kernel.release) has no sock_send_length tracepoint, refuses fexit (\(fexitError)), and kprobe mode failed too (\(error))")
+                let why = selection.refusals.isEmpty ? firstChoiceReason(options, kernel: kernel, impossible: impossible)
+                    : "\(options.attachMode == .auto && options.readPath == .auto ? "auto" : "configured"), after: "
+                        + selection.refusals.joined(separator: "; ")
+                return try start(options, plan: plan, reason: "\(plan.name) (\(why))")
+            } catch let refusal as KernelRefusal {
+                log("libbpf: giving up \(plan.name): \(refusal)")
+                selection.refused(plan, because: refusal)
             }
         }
+        throw TracerError("no way to count TCP bytes on kernel \(kernel.release): every plan was refused: "
+                          + (selection.refusals + impossible).joined(separator: "; "))
     }
 
-    private static func start(_ options: Options, plan: AttachPlan) throws -> TCPTracer {
+    private static func firstChoiceReason(_ options: Options, kernel: KernelHooks, impossible: [String]) -> String {
+        if options.attachMode != .auto || options.readPath != .auto { return "configured" }
+        return "auto: the first plan kernel \(kernel.release) allows"
+            + (impossible.isEmpty ? "" : "; not possible here: " + impossible.joined(separator: "; "))
+    }
+
+    private static func start(_ options: Options, plan: AttachPlan, reason: String) throws -> TCPTracer {
+        let object = try openObject()
+        // From here on, the tracer owns the object and frees it in deinit.
+        let tracer: TCPTracer
+        do {
+            tracer = try TCPTracer(object: object, options: options, plan: plan, reason: reason)
+        } catch let error as LoadFailure {
+            // Which program the kernel refuses is found by loading each alone.
+            if let refusal = try findRefusal(plan, options: options) { throw refusal }
+            throw error.tracerError
+        }
+        try tracer.attachAll()
+        return tracer
+    }
+
+    private static func openObject() throws -> OpaquePointer {
         guard let bytes = Data(base64Encoded: embeddedBPFObjectBase64) else {
             throw TracerError("the embedded BPF object is corrupt")
         }
@@ -95,65 +124,96 @@ public final class TCPTracer {
         guard let object = opened else {
             throw TracerError.libbpf("opening the BPF object", code: -errno)
         }
-        // From here on, the tracer owns the object and frees it in deinit.
-        let tracer = try TCPTracer(object: object, options: options, plan: plan)
-        try tracer.attachAll()
-        return tracer
+        return object
     }
 
-    private init(object: OpaquePointer, options: Options, plan: AttachPlan) throws {
+    /// bpf_object__load failed: its code, and the text if no single program is to blame.
+    struct LoadFailure: Error {
+        var code: Int32
+        var tracerError: TracerError
+    }
+
+    private init(object: OpaquePointer, options: Options, plan: AttachPlan, reason: String) throws {
         self.object = object
         self.mapCapacity = options.mapCapacity
         self.plan = plan
-        func map(_ name: String) throws -> OpaquePointer {
-            guard let map = bpf_object__find_map_by_name(object, name) else {
-                bpf_object__close(object)
-                throw TracerError("the BPF object has no map \"\(name)\"")
-            }
-            return map
-        }
+        self.attachReason = reason
         do {
-            let sockets = try map("sockets")
-            let socketOwners = try map("sk_owners")
-            let calls = try map("calls")
-            let shared = try map("conns")
-            let closedCookies = try map("closed")
-            let closedConnections = try map("closed_conns")
-            let stats = try map("stats")
-            let keySize = MemoryLayout<tcptop_conn_key>.size, valueSize = MemoryLayout<tcptop_conn_value>.size
-            try Self.checkLayout(shared, key: keySize, value: valueSize)
-            try Self.checkLayout(closedConnections, key: keySize, value: valueSize)
-            try Self.checkLayout(sockets, key: MemoryLayout<Int32>.size, value: MemoryLayout<tcptop_sock_value>.size)
-            try Self.checkLayout(socketOwners, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_sock_value>.size)
-            try Self.checkLayout(calls, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_call>.size)
-            // The closed maps take bursts of closes between two reads.
-            let closedCapacity = UInt32(min(UInt64(options.mapCapacity) * 4, 1 << 24))
-            // kprobe mode's preallocated maps take no memory in the other modes.
-            let kprobeMode = plan.mode == .kprobe
-            for (sized, capacity) in [(shared, options.mapCapacity), (closedCookies, closedCapacity),
-                                      (closedConnections, closedCapacity),
-                                      (socketOwners, kprobeMode ? options.mapCapacity : 1),
-                                      (calls, kprobeMode ? bpf_map__max_entries(calls) : 1)] {
-                let err = bpf_map__set_max_entries(sized, capacity)
-                if err != 0 { throw TracerError.libbpf("setting the map capacity", code: err) }
-            }
-            try Self.setSettings(object: object, tcptop_settings(
-                target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1,
-                socket_capacity: options.mapCapacity, count_nothing: options.countNothing ? 1 : 0))
-            try Self.selectPrograms(object: object, plan.programs)
+            let maps = try Self.prepare(object, options: options, plan: plan, capacity: options.mapCapacity)
             let err = bpf_object__load(object)
-            if err != 0 { throw Self.loadError(err, mode: plan.mode) }
-            if let path = options.cgroupPath { try Self.setCgroupFilter(object: object, path: path) }
-            socketsFD = bpf_map__fd(sockets)
-            socketOwnersFD = bpf_map__fd(socketOwners)
-            sharedConnectionsFD = bpf_map__fd(shared)
-            closedCookiesFD = bpf_map__fd(closedCookies)
-            closedConnectionsFD = bpf_map__fd(closedConnections)
-            statsFD = bpf_map__fd(stats)
+            if err != 0 {
+                throw LoadFailure(code: err, tracerError: TracerError.libbpf("loading BPF programs (\(plan.name))", code: err))
+            }
+            if let path = options.cgroupPath { try Self.setCgroupFilter(maps[.cgroupFilter]!, path: path) }
+            socketOwnersFD = bpf_map__fd(maps[.skOwners]!)
+            sharedConnectionsFD = bpf_map__fd(maps[.conns]!)
+            closedCookiesFD = bpf_map__fd(maps[.closed]!)
+            closedConnectionsFD = bpf_map__fd(maps[.closedConns]!)
+            statsFD = bpf_map__fd(maps[.stats]!)
         } catch {
             bpf_object__close(object)
             throw error
         }
+    }
+
+    /// Everything before load: layouts checked, maps sized, settings set,
+    /// only the plan's programs left to load.
+    private static func prepare(_ object: OpaquePointer, options: Options, plan: AttachPlan,
+                                capacity: UInt32) throws -> [BPFMap: OpaquePointer] {
+        var maps: [BPFMap: OpaquePointer] = [:]
+        for map in BPFMap.allCases {
+            guard let found = bpf_object__find_map_by_name(object, map.rawValue) else {
+                throw TracerError("the BPF object has no map \"\(map.rawValue)\"")
+            }
+            maps[map] = found
+        }
+        let keySize = MemoryLayout<tcptop_conn_key>.size, valueSize = MemoryLayout<tcptop_conn_value>.size
+        try checkLayout(maps[.conns]!, key: keySize, value: valueSize)
+        try checkLayout(maps[.closedConns]!, key: keySize, value: valueSize)
+        try checkLayout(maps[.sockets]!, key: MemoryLayout<Int32>.size, value: MemoryLayout<tcptop_sock_value>.size)
+        try checkLayout(maps[.skOwners]!, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_sock_value>.size)
+        try checkLayout(maps[.calls]!, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_call>.size)
+        // The closed maps take bursts of closes between two reads.
+        let closedCapacity = UInt32(min(UInt64(capacity) * 4, 1 << 24))
+        // Preallocated maps another plan uses take one entry.
+        let socketHash = plan.readPath == .socketHash
+        let sizes: [(BPFMap, UInt32)] = [
+            (.conns, capacity), (.closed, closedCapacity), (.closedConns, closedCapacity),
+            (.skOwners, socketHash ? capacity : 1),
+            (.calls, plan.hooks == .kprobe ? bpf_map__max_entries(maps[.calls]!) : 1),
+        ]
+        for (map, size) in sizes {
+            let err = bpf_map__set_max_entries(maps[map]!, size)
+            if err != 0 { throw TracerError.libbpf("setting the capacity of map \(map.rawValue)", code: err) }
+        }
+        try setSettings(object: object, tcptop_settings(
+            target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1,
+            socket_capacity: capacity, count_nothing: options.countNothing ? 1 : 0,
+            socket_hash: socketHash ? 1 : 0, pad: 0))
+        try selectPrograms(object: object, Set(plan.programs))
+        return maps
+    }
+
+    /// Loads each of the plan's programs alone, in a fresh object with small
+    /// maps, to find the one the kernel refuses. Nil when each loads alone
+    /// (then the failure is not a refusal of a program: an error).
+    private static func findRefusal(_ plan: AttachPlan, options: Options) throws -> KernelRefusal? {
+        for program in plan.programs {
+            let object = try openObject()
+            defer { bpf_object__close(object) }
+            var alone = plan
+            alone.programs = [program]
+            _ = try prepare(object, options: options, plan: alone, capacity: 1)
+            let err = bpf_object__load(object)
+            if err != 0 {
+                guard KernelRefusal.isRefusal(err) else {
+                    throw TracerError("loading \(program.rawValue) (\(plan.name)): \(libbpfErrorText(err))"
+                                      + (err == -EACCES ? " (the verifier rejected it; --log.level=debug shows its log)" : ""))
+                }
+                return KernelRefusal(program: program, stage: .load, code: err)
+            }
+        }
+        return nil
     }
 
     deinit {
@@ -164,35 +224,30 @@ public final class TCPTracer {
     }
 
     private func attachAll() throws {
-        var program = bpf_object__next_program(object, nil)
-        while let current = program {
-            defer { program = bpf_object__next_program(object, current) }
-            guard bpf_program__autoload(current) else { continue } // another attach mode's
-            let name = String(cString: bpf_program__name(current))
-            let section = String(cString: bpf_program__section_name(current))
-            if section.hasPrefix("iter/") {
-                iteratorLink = try attachIterator(current, name: name)
-            } else {
-                guard let link = bpf_program__attach(current) else {
-                    let code = -errno
-                    if section.hasPrefix("kprobe/") || section.hasPrefix("kretprobe/") {
-                        let hint = code == -EPERM || code == -EACCES
-                            ? "kprobe mode attaches through perf_event_open(2): it needs CAP_PERFMON, and a seccomp filter such as systemd's SystemCallFilter= must allow perf_event_open"
-                            : "kprobe mode needs a kernel with kprobes: CONFIG_KPROBES and CONFIG_KPROBE_EVENTS"
-                        throw TracerError("attaching \(name): \(libbpfErrorText(code)) (\(hint))")
-                    }
-                    throw TracerError.libbpf("attaching \(name)", code: code)
-                }
-                links.append(link)
+        for program in plan.programs {
+            guard let handle = bpf_object__find_program_by_name(object, program.rawValue) else {
+                throw TracerError("the BPF object has no program \"\(program.rawValue)\"")
             }
+            if program == .dump {
+                iteratorLink = try attachIterator(handle, program: program)
+                continue
+            }
+            guard let link = bpf_program__attach(handle) else {
+                let code = -errno
+                if KernelRefusal.isRefusal(code) { throw KernelRefusal(program: program, stage: .attach, code: code) }
+                throw TracerError.libbpf("attaching \(program.rawValue)", code: code)
+            }
+            links.append(link)
         }
     }
 
-    /// A socket-storage iterator is bound to its map when attached.
-    private func attachIterator(_ program: OpaquePointer, name: String) throws -> OpaquePointer {
+    /// The socket-storage iterator is bound to its map when attached.
+    private func attachIterator(_ handle: OpaquePointer, program: BPFProgram) throws -> OpaquePointer {
+        guard let sockets = bpf_object__find_map_by_name(object, BPFMap.sockets.rawValue) else {
+            throw TracerError("the BPF object has no map \"sockets\"")
+        }
         var linkInfo = bpf_iter_link_info()
-        // kprobe mode iterates its hash of socket owners instead.
-        linkInfo.map.map_fd = UInt32(plan.mode == .kprobe ? socketOwnersFD : socketsFD)
+        linkInfo.map.map_fd = UInt32(bpf_map__fd(sockets))
         var options = bpf_iter_attach_opts()
         // Up to the last field only: libbpf rejects a size that includes the
         // trailing padding unless those bytes are zero, and Swift does not
@@ -202,9 +257,13 @@ public final class TCPTracer {
         options.link_info_len = UInt32(MemoryLayout<bpf_iter_link_info>.size)
         let link = withUnsafeMutablePointer(to: &linkInfo) { info -> OpaquePointer? in
             options.link_info = info
-            return bpf_program__attach_iter(program, &options)
+            return bpf_program__attach_iter(handle, &options)
         }
-        guard let link else { throw TracerError.libbpf("attaching \(name)", code: -errno) }
+        guard let link else {
+            let code = -errno
+            if KernelRefusal.isRefusal(code) { throw KernelRefusal(program: program, stage: .attach, code: code) }
+            throw TracerError.libbpf("attaching \(program.rawValue)", code: code)
+        }
         return link
     }
 
@@ -230,13 +289,10 @@ public final class TCPTracer {
         if err != 0 { throw TracerError.libbpf("setting the BPF settings", code: err) }
     }
 
-    private static func setCgroupFilter(object: OpaquePointer, path: String) throws {
+    private static func setCgroupFilter(_ map: OpaquePointer, path: String) throws {
         let cgroupFD = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard cgroupFD >= 0 else { throw TracerError("cgroup \(path): \(String(cString: strerror(errno)))") }
         defer { close(cgroupFD) }
-        guard let map = bpf_object__find_map_by_name(object, "cgroup_filter") else {
-            throw TracerError("the BPF object has no map \"cgroup_filter\"")
-        }
         var key: UInt32 = 0
         var value = UInt32(cgroupFD)
         let err = bpf_map_update_elem(bpf_map__fd(map), &key, &value, UInt64(BPF_ANY))
@@ -245,34 +301,21 @@ public final class TCPTracer {
 
     /// Only the plan's programs are loaded: the others' hooks may not exist
     /// in this kernel (libbpf resolves attach targets only for loaded programs).
-    private static func selectPrograms(object: OpaquePointer, _ names: [String]) throws {
-        var found = Set<String>()
+    private static func selectPrograms(object: OpaquePointer, _ wanted: Set<BPFProgram>) throws {
+        var found = Set<BPFProgram>()
         var program = bpf_object__next_program(object, nil)
         while let current = program {
             let name = String(cString: bpf_program__name(current))
-            let wanted = names.contains(name)
-            if wanted { found.insert(name) }
-            let err = bpf_program__set_autoload(current, wanted)
+            let known = BPFProgram(rawValue: name)
+            let load = known.map(wanted.contains) ?? false
+            if load, let known { found.insert(known) }
+            let err = bpf_program__set_autoload(current, load)
             if err != 0 { throw TracerError.libbpf("selecting program \(name)", code: err) }
             program = bpf_object__next_program(object, current)
         }
-        if let missing = names.first(where: { !found.contains($0) }) {
-            throw TracerError("the BPF object has no program \"\(missing)\"")
+        if let missing = wanted.subtracting(found).first {
+            throw TracerError("the BPF object has no program \"\(missing.rawValue)\"")
         }
-    }
-
-    private static func loadError(_ code: Int32, mode: AttachMode) -> TracerError {
-        if mode == .fexit && (code == -EPERM || code == -EOPNOTSUPP || code == -524 /* the kernel's ENOTSUPP */) {
-            // Capabilities were checked before: this kernel refuses BPF
-            // trampolines (no JIT support for them, or a lockdown/LSM policy).
-            return TracerError(
-                "loading fexit programs: \(libbpfErrorText(code)) (this kernel refuses fentry/fexit programs; try attach mode auto or tp_btf)")
-        }
-        if code == -EPERM || code == -EACCES {
-            return TracerError(
-                "loading BPF programs: \(libbpfErrorText(code)) (needs CAP_BPF and CAP_PERFMON, or root; a seccomp filter or lockdown may also forbid bpf())")
-        }
-        return TracerError.libbpf("loading BPF programs", code: code)
     }
 }
 

@@ -33,6 +33,8 @@ public struct BPFConfig: Equatable, Sendable {
     public var mapCapacity = 65536
     /// Which kernel hooks count the bytes.
     public var attachMode = BPFAttachMode.auto
+    /// How user space reads the counters from the kernel.
+    public var readPath = BPFReadPath.auto
 
     public init() {}
 }
@@ -44,10 +46,22 @@ public enum BPFAttachMode: String, CaseIterable, Sendable {
     case auto
     /// tp_btf on the sock:sock_send_length / sock_recv_length tracepoints (Linux >= 6.3).
     case tpBTF = "tp_btf"
+    /// raw_tp on the same tracepoints, for a kernel that refuses tp_btf.
+    case rawTP = "raw_tp"
     /// fexit on tcp_sendmsg / tcp_recvmsg (and tcp_sendpage where it exists).
     case fexit
     /// kprobe/kretprobe on the same functions, for kernels without BPF trampolines.
     case kprobe
+}
+
+/// How user space reads the counters. `auto` takes the first the running
+/// kernel allows, in this order; the others force one.
+public enum BPFReadPath: String, CaseIterable, Sendable {
+    case auto
+    /// Owners' counters in socket-local storage, read by its iterator program.
+    case storageIterator = "storage_iterator"
+    /// Owners' counters in a hash keyed by socket, read with batch lookups.
+    case socketHash = "socket_hash"
 }
 
 public struct ConnectionsConfig: Equatable, Sendable {

@@ -77,9 +77,10 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
 
 private func parseBPF(_ section: Field) throws -> BPFConfig {
     var bpf = BPFConfig()
-    let keys = try fields(of: section.node, at: section.key, known: ["map_capacity", "attach_mode"])
+    let keys = try fields(of: section.node, at: section.key, known: ["map_capacity", "attach_mode", "read_path"])
     if let field = keys["map_capacity"] { bpf.mapCapacity = try integer(field, in: BPFConfig.mapCapacityRange) }
     if let field = keys["attach_mode"] { bpf.attachMode = try choice(field) }
+    if let field = keys["read_path"] { bpf.readPath = try choice(field) }
     return bpf
 }
 

@@ -16,6 +16,7 @@ public final class Daemon: @unchecked Sendable {
         public var logLevel: LogLevel?
         public var logFormat: LogFormat?
         public var attachMode: BPFAttachMode?
+        public var readPath: BPFReadPath?
         public init() {}
     }
 
@@ -56,6 +57,7 @@ public final class Daemon: @unchecked Sendable {
         if let level = options.logLevel { config.log.level = level }
         if let format = options.logFormat { config.log.format = format }
         if let mode = options.attachMode { config.bpf.attachMode = mode }
+        if let path = options.readPath { config.bpf.readPath = path }
         return config
     }
 
@@ -66,14 +68,15 @@ public final class Daemon: @unchecked Sendable {
         let tracer: TCPTracer
         do {
             let logger = log
-            tracer = try TCPTracer.start(.init(mapCapacity: UInt32(config.bpf.mapCapacity), attachMode: config.bpf.attachMode),
+            tracer = try TCPTracer.start(.init(mapCapacity: UInt32(config.bpf.mapCapacity), attachMode: config.bpf.attachMode,
+                                               readPath: config.bpf.readPath),
                                          log: { logger.debug("\($0)") })
         } catch {
             log.error("\(error)")
             return 1
         }
         log.info("BPF programs attached", metadata: [
-            "mode": "\(tracer.attachMode)", "map_capacity": "\(tracer.mapCapacity)", "reason": "\(tracer.attachReason)",
+            "mode": "\(tracer.attachMode)", "read_path": "\(tracer.readPath)", "map_capacity": "\(tracer.mapCapacity)", "reason": "\(tracer.attachReason)",
         ])
         collector = MetricsCollector(
             tracer: tracer, registry: ConnectionRegistry(config: config), version: tcptopVersion)

@@ -11,6 +11,7 @@ public final class MetricsCollector: @unchecked Sendable {
         public var version: String
         public var mapCapacity: UInt32
         public var attachMode: String
+        public var readPath: String
     }
 
     private let lock = NSLock()
@@ -28,7 +29,7 @@ public final class MetricsCollector: @unchecked Sendable {
     public init(tracer: TCPTracer, registry: ConnectionRegistry, version: String) {
         self.tracer = tracer
         self.registry = registry
-        self.info = SelfInfo(version: version, mapCapacity: tracer.mapCapacity, attachMode: tracer.attachMode)
+        self.info = SelfInfo(version: version, mapCapacity: tracer.mapCapacity, attachMode: tracer.attachMode, readPath: tracer.readPath)
         self.lastSuccessfulRead = monotonicSeconds()
     }
 
@@ -101,8 +102,11 @@ public final class MetricsCollector: @unchecked Sendable {
 
         writer.family(name: "tcptop_exporter_build_info", help: "A metric with a constant 1 labelled by version.", type: .gauge)
         writer.sample(name: "tcptop_exporter_build_info", labels: [("version", info.version)], value: UInt64(1))
-        writer.family(name: "tcptop_exporter_attach_mode", help: "How the BPF programs are attached (constant 1).", type: .gauge)
-        writer.sample(name: "tcptop_exporter_attach_mode", labels: [("mode", info.attachMode)], value: UInt64(1))
+        writer.family(name: "tcptop_exporter_attach_mode",
+                      help: "The kernel hooks that count the bytes (mode) and how the counters are read (read_path), as chosen at start (constant 1).",
+                      type: .gauge)
+        writer.sample(name: "tcptop_exporter_attach_mode", labels: [("mode", info.attachMode), ("read_path", info.readPath)],
+                      value: UInt64(1))
         writer.family(name: "tcptop_exporter_map_capacity", help: "Sockets (and shared connection ends) the kernel side can track; past it, bytes are unattributed.", type: .gauge)
         writer.sample(name: "tcptop_exporter_map_capacity", value: UInt64(info.mapCapacity))
         writer.family(name: "tcptop_exporter_map_entries", help: "Sockets tracked in the kernel at the last read.", type: .gauge)

@@ -9,7 +9,7 @@ struct ExporterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tcptop-exporter",
         abstract: "Counts TCP bytes per connection and process with eBPF and serves them to Prometheus.",
-        discussion: "Needs root, or CAP_BPF and CAP_PERFMON, and a kernel with BTF (tp_btf hooks on Linux >= 6.3, fexit or kprobe before).",
+        discussion: "Needs root, or CAP_BPF and CAP_PERFMON, and a kernel with BTF (tp_btf or raw_tp hooks on Linux >= 6.3, fexit or kprobe before; chosen at start by trying).",
         version: tcptopVersion)
 
     @Option(name: .customLong("web.listen-address"),
@@ -22,8 +22,13 @@ struct ExporterCommand: ParsableCommand {
     @Option(name: .customLong("config.file"), help: "YAML configuration file; embedded defaults when absent.")
     var configFile: String?
 
-    @Option(name: .customLong("bpf.attach-mode"), help: "auto, tp_btf, fexit or kprobe. (default: auto)")
+    @Option(name: .customLong("bpf.attach-mode"),
+            help: "Kernel hooks: auto, tp_btf, raw_tp, fexit or kprobe. (default: auto: the best the kernel allows)")
     var attachMode: String?
+
+    @Option(name: .customLong("bpf.read-path"),
+            help: "How counters are read: auto, storage_iterator or socket_hash. (default: auto: the best the kernel allows)")
+    var readPath: String?
 
     @Option(name: .customLong("log.level"), help: "debug, info, warn or error. (default: info)")
     var logLevel: String?
@@ -53,7 +58,12 @@ struct ExporterCommand: ParsableCommand {
             throw ValidationError("--log.level must be one of debug, info, warn, error; got \"\(logLevel)\"")
         }
         if let attachMode, BPFAttachMode(rawValue: attachMode) == nil {
-            throw ValidationError("--bpf.attach-mode must be one of auto, tp_btf, fexit, kprobe; got \"\(attachMode)\"")
+            let choices = BPFAttachMode.allCases.map(\.rawValue).joined(separator: ", ")
+            throw ValidationError("--bpf.attach-mode must be one of \(choices); got \"\(attachMode)\"")
+        }
+        if let readPath, BPFReadPath(rawValue: readPath) == nil {
+            let choices = BPFReadPath.allCases.map(\.rawValue).joined(separator: ", ")
+            throw ValidationError("--bpf.read-path must be one of \(choices); got \"\(readPath)\"")
         }
         if let logFormat, LogFormat(rawValue: logFormat) == nil {
             throw ValidationError("--log.format must be logfmt or json; got \"\(logFormat)\"")
@@ -67,6 +77,7 @@ struct ExporterCommand: ParsableCommand {
         options.logLevel = logLevel.flatMap(LogLevel.init(rawValue:))
         options.logFormat = logFormat.flatMap(LogFormat.init(rawValue:))
         options.attachMode = attachMode.flatMap(BPFAttachMode.init(rawValue:))
+        options.readPath = readPath.flatMap(BPFReadPath.init(rawValue:))
         do {
             options.listenAddresses = try listenAddresses.map(ListenAddress.parse)
         } catch {

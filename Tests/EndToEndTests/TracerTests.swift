@@ -7,9 +7,9 @@ import Testing
 /// loopback, and compare the kernel's counts with what was really moved.
 @Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))
 struct TracerTests {
-    @Test(arguments: ["4", "6"])
-    func countsExactBytesPerConnectionEnd(family: String) throws {
-        let tracer = try TCPTracer.start(.init())
+    @Test(arguments: KernelPlans.allowed, ["4", "6"])
+    func countsExactBytesPerConnectionEnd(plan: KernelPlans.Combination, family: String) throws {
+        let tracer = try TCPTracer.start(plan.options())
         var checked = 0
         for (index, (clientBytes, serverBytes)) in [(1, 123_457), (1_000_000, 1), (65_536, 3_000_001)].enumerated() {
             let exchange = try TrafficPeers.exchange(
@@ -21,15 +21,17 @@ struct TracerTests {
         #expect(checked == 6)
     }
 
-    @Test func peekedBytesAreNotCountedTwice() throws {
-        let tracer = try TCPTracer.start(.init())
+    @Test(arguments: KernelPlans.allowed)
+    func peekedBytesAreNotCountedTwice(plan: KernelPlans.Combination) throws {
+        let tracer = try TCPTracer.start(plan.options())
         let exchange = try TrafficPeers.exchange(
             family: "4", clientName: "tt-peek-c", serverName: "tt-peek-s", clientSends: 5000, serverSends: 7, peek: true)
         #expect(try assertExchange(exchange, in: tracer.read().connections) == 2)
     }
 
-    @Test func closedConnectionsLeaveTheKernelMapAfterOneRead() throws {
-        let tracer = try TCPTracer.start(.init())
+    @Test(arguments: KernelPlans.allowed)
+    func closedConnectionsLeaveTheKernelMapAfterOneRead(plan: KernelPlans.Combination) throws {
+        let tracer = try TCPTracer.start(plan.options())
         let exchange = try TrafficPeers.exchange(
             family: "4", clientName: "tt-close-c", serverName: "tt-close-s", clientSends: 10, serverSends: 20)
         // The peers exited, so both sockets were destroyed: the first read
@@ -41,9 +43,9 @@ struct TracerTests {
         #expect(second.isEmpty)
     }
 
-    @Test(arguments: [false, true])
-    func aFullMapStillCountsEveryByteAsUnattributed(readBetween: Bool) throws {
-        let tracer = try TCPTracer.start(.init(mapCapacity: 1))
+    @Test(arguments: KernelPlans.allowed, [false, true])
+    func aFullMapStillCountsEveryByteAsUnattributed(plan: KernelPlans.Combination, readBetween: Bool) throws {
+        let tracer = try TCPTracer.start(plan.options(mapCapacity: 1))
         let before = try tracer.read()
         // Several connections with one-entry maps: what is not attributed to
         // a connection (no room for a socket, or for its final counts at
@@ -67,14 +69,16 @@ struct TracerTests {
         // Other traffic may also land in the unattributed counter, never less.
         #expect(attributed + unattributedSent >= moved)
         #expect(after.unattributed.sendEvents > before.unattributed.sendEvents)
-        if !readBetween {
-            // Without reads in between, some final counts found the closed map full.
+        if !readBetween && plan.readPath == .storageIterator {
+            // Without reads in between, some final counts found the closed map
+            // full. (The socket hash keeps them in place instead, until read.)
             #expect(after.unattributed.closesNotRecorded > before.unattributed.closesNotRecorded)
         }
     }
 
-    @Test func onlyTheTargetProcessIsCountedWithAPIDFilter() throws {
-        let tracer = try TCPTracer.start(.init(targetPID: UInt32(getpid())))
+    @Test(arguments: KernelPlans.allowed)
+    func onlyTheTargetProcessIsCountedWithAPIDFilter(plan: KernelPlans.Combination) throws {
+        let tracer = try TCPTracer.start(plan.options(targetPID: UInt32(getpid())))
         _ = try TrafficPeers.exchange(family: "4", clientName: "tt-pid-c", serverName: "tt-pid-s", clientSends: 10, serverSends: 10)
         #expect(try tracer.read().connections.filter { $0.labels.commText.hasPrefix("tt-pid") }.isEmpty)
     }
@@ -105,8 +109,9 @@ struct TracerTests {
 /// its own connection end, and their sum is the socket's total.
 @Suite(.enabled(if: runningAsRoot, "needs root for BPF"))
 struct SharedSocketTests {
-    @Test func eachProcessOnASharedSocketIsCountedExactly() throws {
-        let tracer = try TCPTracer.start(.init())
+    @Test(arguments: KernelPlans.allowed)
+    func eachProcessOnASharedSocketIsCountedExactly(plan: KernelPlans.Combination) throws {
+        let tracer = try TCPTracer.start(plan.options())
         let server = try LinePeer(["serve", "--name", "tt-share-s", "--receive", "300001", "--send", "4242"])
         let (_, serverPort) = try server.readReady()
         let client = try LinePeer(["connect", "--name", "tt-share", "--port", "\(serverPort)",

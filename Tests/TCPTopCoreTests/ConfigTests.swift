@@ -29,7 +29,7 @@ import TCPTopCore
         #expect(try ExporterConfig.load(path: path) == ExporterConfig())
         let text = try String(contentsOfFile: path, encoding: .utf8)
         for key in ["web", "listen_addresses", "telemetry_path", "max_requests", "read_timeout", "write_timeout",
-                    "bpf", "map_capacity", "attach_mode", "connections", "closed_retention", "poll_interval",
+                    "bpf", "map_capacity", "attach_mode", "read_path", "connections", "closed_retention", "poll_interval",
                     "views", "prefix", "labels", "max_series", "log", "level", "format"] {
             #expect(text.contains("\(key):"), "the shipped file does not document \(key)")
         }
@@ -46,6 +46,7 @@ import TCPTopCore
             bpf:
               map_capacity: 1024
               attach_mode: fexit
+              read_path: socket_hash
             connections:
               closed_retention: 1h
               poll_interval: 2s
@@ -66,6 +67,7 @@ import TCPTopCore
         #expect(config.web.writeTimeout == .seconds(90))
         #expect(config.bpf.mapCapacity == 1024)
         #expect(config.bpf.attachMode == .fexit)
+        #expect(config.bpf.readPath == .socketHash)
         #expect(config.connections.closedRetention == .seconds(3600))
         #expect(config.connections.pollInterval == .seconds(2))
         #expect(config.views == [ViewConfig(), ViewConfig(prefix: "tcp:by_process", labels: [.pid, .comm], maxSeries: 100)])
@@ -75,7 +77,9 @@ import TCPTopCore
 
     @Test(arguments: [
         ("bpf: {attach_mode: kprobes}",
-         #"config: bpf.attach_mode: must be one of auto, tp_btf, fexit, kprobe, got "kprobes""#),
+         #"config: bpf.attach_mode: must be one of auto, tp_btf, raw_tp, fexit, kprobe, got "kprobes""#),
+        ("bpf: {read_path: iterator}",
+         #"config: bpf.read_path: must be one of auto, storage_iterator, socket_hash, got "iterator""#),
         ("bpf: {map_capacity: lots}",
          #"config: bpf.map_capacity: must be an integer between 1 and 16777216, got "lots""#),
         ("bpf: {map_capacity: 0}",

@@ -1,0 +1,160 @@
+/* The counting core: what every hook and both read paths share. A hook
+ * filters (TCP, bytes moved, pid and cgroup filters) and calls count() with
+ * the socket, the calling process and the call's return value. */
+#ifndef TCPTOP_COUNTING_H
+#define TCPTOP_COUNTING_H
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define MSG_PEEK 2
+#define EEXIST 17
+
+const volatile struct tcptop_settings settings = {};
+
+/* Connection ends of processes that share a socket with its owner (the
+ * first process that moved bytes on it; fork after accept). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* resized by user space before load */
+	__type(key, struct tcptop_conn_key);
+	__type(value, struct tcptop_conn_value);
+} conns SEC(".maps");
+
+/* Cookies of destroyed shared sockets: their "conns" entries are final.
+ * This and "closed_conns" fill between two reads of user space; they are
+ * sized for bursts of closes (4x the capacity) and allocate on demand. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536); /* resized by user space before load */
+	__type(key, __u64);
+	__type(value, __u8);
+} closed SEC(".maps");
+
+/* The owner's final counts of destroyed sockets, until user space takes them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536); /* resized by user space before load */
+	__type(key, struct tcptop_conn_key);
+	__type(value, struct tcptop_conn_value);
+} closed_conns SEC(".maps");
+
+/* The cgroup v2 directory of tcptop -c, when settings.filter_cgroup is set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cgroup_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TCPTOP_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void add_stat(__u32 index, __u64 amount)
+{
+	__u64 *slot = bpf_map_lookup_elem(&stats, &index);
+	if (slot)
+		*slot += amount; /* per-CPU: no other writer */
+}
+
+static __always_inline int unattributed(int ret, bool is_send)
+{
+	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES : TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES, ret);
+	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS : TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS, 1);
+	return 0;
+}
+
+static __always_inline void add_bytes(struct tcptop_conn_value *value, int ret, bool is_send)
+{
+	if (is_send)
+		__sync_fetch_and_add(&value->sent_bytes, ret);
+	else
+		__sync_fetch_and_add(&value->received_bytes, ret);
+}
+
+/* Whether this call is counted at all: the load-time filters. */
+static __always_inline bool filtered_out(__u64 pid_tgid)
+{
+	if (settings.target_tgid && (pid_tgid >> 32) != settings.target_tgid)
+		return true;
+	return settings.filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1;
+}
+
+/* Addresses, ports and the calling thread's comm, read once per connection
+ * end. BPF_CORE_READ, so that hooks whose arguments are not typed pointers
+ * (raw_tp, kprobe) can share it. */
+static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_value *value)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		__u32 laddr = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 raddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		/* Exactly 4 bytes: a wider copy would drag neighbouring fields
+		 * (such as the TCP state) into the value. */
+		__builtin_memcpy(value->laddr, &laddr, 4);
+		__builtin_memcpy(value->raddr, &raddr, 4);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&value->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&value->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	value->family = family;
+	value->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	value->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	bpf_get_current_comm(&value->comm, sizeof(value->comm));
+}
+
+/* A process that is not the socket's owner: its own entry in "conns". */
+static __always_inline int count_shared(struct sock *sk, struct tcptop_sock_value *owned, __u32 tgid,
+					int ret, bool is_send)
+{
+	owned->shared = 1;
+	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = tgid };
+	struct tcptop_conn_value *existing = bpf_map_lookup_elem(&conns, &key);
+	if (existing) {
+		add_bytes(existing, ret, is_send);
+		return 0;
+	}
+	struct tcptop_conn_value value = {};
+	read_connection(sk, &value);
+	if (is_send)
+		value.sent_bytes = ret;
+	else
+		value.received_bytes = ret;
+	long err = bpf_map_update_elem(&conns, &key, &value, BPF_NOEXIST);
+	if (err == 0)
+		return 0;
+	if (err == -EEXIST) { /* another CPU inserted it first */
+		existing = bpf_map_lookup_elem(&conns, &key);
+		if (existing) {
+			add_bytes(existing, ret, is_send);
+			return 0;
+		}
+	}
+	return unattributed(ret, is_send); /* "conns" is full */
+}
+
+/* A tracked socket is being destroyed: hand the owner's final counts to
+ * "closed_conns" and mark the shared entries final. Returns false when
+ * "closed_conns" is full; each read path decides what then happens. */
+static __always_inline bool hand_over(struct tcptop_sock_value *owned)
+{
+	add_stat(TCPTOP_STAT_CLOSES, 1);
+	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = owned->owner_tgid };
+	struct tcptop_conn_value final = owned->conn;
+	bool recorded = bpf_map_update_elem(&closed_conns, &key, &final, BPF_NOEXIST) == 0;
+	if (owned->shared) {
+		__u8 one = 1;
+		if (bpf_map_update_elem(&closed, &key.cookie, &one, BPF_ANY))
+			add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
+	}
+	return recorded;
+}
+
+#endif

@@ -1,0 +1,80 @@
+/* Read path "socket_hash": the counters of a socket's owner live in the
+ * "sk_owners" hash, keyed by the struct sock address, and user space reads
+ * the whole hash with BPF_MAP_LOOKUP_BATCH: no iterator program, so it works
+ * where the kernel refuses map iterators, with any hook kind (raw_tp and
+ * kprobe have no typed socket pointer, so no socket storage), and in every
+ * network namespace. Its "cookie" is a number from next_connection_id (the
+ * socket cookie helper needs a typed socket): unique for the loaded program,
+ * so a reused socket address is a new connection end. At close the entry
+ * moves to "closed_conns"; if that is full it stays here marked closed, and
+ * user space takes its final counts from here and deletes it. */
+#ifndef TCPTOP_STORE_SOCKET_HASH_H
+#define TCPTOP_STORE_SOCKET_HASH_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* resized by user space before load (1 on the other path) */
+	__type(key, __u64);
+	__type(value, struct tcptop_sock_value);
+} sk_owners SEC(".maps");
+
+/* 0 is never handed out. */
+__u64 next_connection_id = 0;
+
+static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value *owned, __u32 tgid, int ret,
+				      bool is_send)
+{
+	if (!owned) {
+		__u64 key = (__u64)sk;
+		struct tcptop_sock_value initial = {};
+		read_connection(sk, &initial.conn);
+		initial.cookie = __sync_fetch_and_add(&next_connection_id, 1) + 1;
+		initial.owner_tgid = tgid;
+		if (is_send)
+			initial.conn.sent_bytes = ret;
+		else
+			initial.conn.received_bytes = ret;
+		long err = bpf_map_update_elem(&sk_owners, &key, &initial, BPF_NOEXIST);
+		if (err == 0)
+			return 0;
+		if (err != -EEXIST) /* "sk_owners" is full */
+			return unattributed(ret, is_send);
+		owned = bpf_map_lookup_elem(&sk_owners, &key); /* another CPU inserted it first */
+		if (!owned)
+			return unattributed(ret, is_send);
+		if (owned->owner_tgid == tgid && !owned->closed) {
+			add_bytes(&owned->conn, ret, is_send);
+			return 0;
+		}
+	}
+	/* A new socket at the address of a closed one user space has not
+	 * taken yet: no room for it until then. */
+	if (owned->closed)
+		return unattributed(ret, is_send);
+	return count_shared(sk, owned, tgid, ret, is_send);
+}
+
+static __always_inline int count_hash(struct sock *sk, __u32 tgid, int ret, bool is_send)
+{
+	__u64 key = (__u64)sk;
+	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
+	if (owned && owned->owner_tgid == tgid && !owned->closed) {
+		add_bytes(&owned->conn, ret, is_send);
+		return 0;
+	}
+	return count_hash_slow(sk, owned, tgid, ret, is_send);
+}
+
+static __always_inline void close_hash(struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
+	if (!owned || owned->closed) /* untracked, or another socket's leftover */
+		return;
+	if (hand_over(owned))
+		bpf_map_delete_elem(&sk_owners, &key); /* the address may be reused: a new entry, new id */
+	else
+		owned->closed = 1;
+}
+
+#endif
