@@ -20,9 +20,12 @@ enum BPFCostFigure {
             // after reading the tgid, which leaves the fixed cost of the hook.
             let noSuchPID = UInt32(pidMax() + 1)
             var counted = [[String: [Double]]](repeating: [:], count: plans.count), filtered = counted
-            for _ in 0..<settings.rounds {
-                // Plans, and counting and filtered tracers, alternate; never two attached together.
-                for (index, entry) in plans.enumerated() where entry.programs != nil {
+            for roundIndex in 0..<settings.rounds {
+                // Plans, and counting and filtered tracers, alternate (the plans' order
+                // turning by one each round); never two tracers attached together.
+                let order = plans.indices.map { ($0 + roundIndex) % plans.count }
+                for index in order where plans[index].programs != nil {
+                    let entry = plans[index]
                     for (name, cost) in try round(events: settings.streamEvents, options: entry.plan.options()) {
                         counted[index][name, default: []].append(cost)
                     }

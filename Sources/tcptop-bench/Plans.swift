@@ -49,16 +49,20 @@ struct MeasuredPlan {
 /// was forced, started once each; those the kernel allows, best first.
 struct PlanSurvey {
     var plans: [MeasuredPlan] = []
-    /// "fexit+socket_hash", a combination each that was tried and could not start.
-    var notAllowed: [String] = []
+    /// "fexit+socket_hash", a combination each that the kernel refused to load or attach.
+    var refused: [String] = []
+    /// Combinations the design or this kernel's BTF rules out before trying
+    /// ("raw_tp+storage_iterator": no typed socket pointer for socket storage).
+    var impossible: [String] = []
     /// Why nothing can be measured (nil when some plan was allowed).
     var error: String?
 
     static func run(attachMode: BPFAttachMode, readPath: BPFReadPath) -> PlanSurvey {
         var survey = PlanSurvey()
-        let best: AttachPlan?
+        let kernel: KernelHooks, best: AttachPlan?
         do {
-            best = try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: KernelHooks.probe()).plans.first
+            kernel = try KernelHooks.probe()
+            best = try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: kernel).plans.first
         } catch {
             survey.error = "\(error)"
             return survey
@@ -66,20 +70,26 @@ struct PlanSurvey {
         var reasons: [String] = []
         for hooks in AttachPlan.Hooks.allCases where attachMode == .auto || attachMode.rawValue == hooks.rawValue {
             for path in AttachPlan.ReadPath.allCases where readPath == .auto || readPath.rawValue == path.rawValue {
-                let options = TCPTracer.Options(attachMode: BPFAttachMode(rawValue: hooks.rawValue)!,
-                                                readPath: BPFReadPath(rawValue: path.rawValue)!)
+                let name = "\(hooks.rawValue)+\(path.rawValue)"
+                let (mode, forcedPath) = (BPFAttachMode(rawValue: hooks.rawValue)!, BPFReadPath(rawValue: path.rawValue)!)
                 do {
-                    let plan = try TCPTracer.start(options).plan  // detached again at once
+                    _ = try AttachPlan.candidates(hooks: mode, readPath: forcedPath, kernel: kernel)
+                } catch {
+                    survey.impossible.append(name)
+                    reasons.append("\(name): \(error)")
+                    continue
+                }
+                do {
+                    let plan = try TCPTracer.start(TCPTracer.Options(attachMode: mode, readPath: forcedPath)).plan  // detached again at once
                     survey.plans.append(MeasuredPlan(plan: plan, isFastPath: plan == best))
                 } catch {
-                    let name = "\(hooks.rawValue)+\(path.rawValue)"
-                    survey.notAllowed.append(name)
+                    survey.refused.append(name)
                     reasons.append("\(name): \(error)")
                 }
             }
         }
         if !reasons.isEmpty {
-            FileHandle.standardError.write(Data(("  not allowed here:\n" + reasons.map { "    \($0)\n" }.joined()).utf8))
+            FileHandle.standardError.write(Data(("  not measured:\n" + reasons.map { "    \($0)\n" }.joined()).utf8))
         }
         if survey.plans.isEmpty {
             survey.error = reasons.count == 1 ? reasons[0] : "no plan starts here: " + reasons.joined(separator: "; ")
@@ -90,7 +100,9 @@ struct PlanSurvey {
     /// For the notes under the table.
     var summary: String {
         guard error == nil else { return "no plan could be measured" }
-        let measured = plans.map { "\($0.name) (\($0.role))" }.joined(separator: ", ")
-        return "measured: \(measured)" + (notAllowed.isEmpty ? "" : "; not allowed here: \(notAllowed.joined(separator: ", "))")
+        var parts = ["measured " + plans.map { "\($0.name) (\($0.role))" }.joined(separator: ", ")]
+        if !refused.isEmpty { parts.append("refused by this kernel: " + refused.joined(separator: ", ")) }
+        if !impossible.isEmpty { parts.append("not possible (design or BTF): " + impossible.joined(separator: ", ")) }
+        return parts.joined(separator: "; ")
     }
 }
