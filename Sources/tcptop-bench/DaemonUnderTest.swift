@@ -19,8 +19,8 @@ final class DaemonUnderTest {
     var pid: pid_t { process.processIdentifier }
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    /// Starts the daemon and waits for READY=1.
-    init(configPath: String? = nil) throws {
+    /// Starts the daemon (with `arguments` added to its command line) and waits for READY=1.
+    init(configPath: String? = nil, arguments: [String] = []) throws {
         let binary = buildDirectory + "/tcptop-exporter"
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw BenchError("\(binary) is missing: build it with the bench (swift build -c release)")
@@ -34,7 +34,7 @@ final class DaemonUnderTest {
 
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--web.listen-address=127.0.0.1:\(port)"] + (configPath.map { ["--config.file=\($0)"] } ?? [])
+        process.arguments = ["--web.listen-address=127.0.0.1:\(port)"] + (configPath.map { ["--config.file=\($0)"] } ?? []) + arguments
         var environment = ProcessInfo.processInfo.environment
         environment["NOTIFY_SOCKET"] = notify.path
         process.environment = environment

@@ -3,37 +3,54 @@ import Glibc
 import TCPTopBPF
 
 /// Figure 1: BPF time per send/recv event, from the kernel's own accounting
-/// (run_time_ns / run_cnt per program) during a stream of 1-byte sends.
+/// (run_time_ns / run_cnt per program) during a stream of 1-byte sends,
+/// for each plan measured (its send and recv programs).
 enum BPFCostFigure {
     static func run(_ settings: Settings) -> [Row] {
+        let survey = settings.survey
+        if let error = survey.error { return [Row.failed("1 BPF time per event", BenchError(error))] }
         do {
             // BPF_ENABLE_STATS through an fd: accounting ends when it is
             // closed (or the process dies); kernel.bpf_stats_enabled is untouched.
             let statistics = try RunTimeStatistics()
             defer { withExtendedLifetime(statistics) {} }
 
+            let plans = try survey.plans.map { plan in (plan: plan, programs: try plan.eventPrograms()) }
             // A tgid no process can have: every event is filtered out right
             // after reading the tgid, which leaves the fixed cost of the hook.
             let noSuchPID = UInt32(pidMax() + 1)
-            var counted: [String: [Double]] = [:], filtered: [String: [Double]] = [:]
-            for _ in 0..<settings.rounds {
-                // Counting and filtered tracers alternate, never attached together.
-                for (name, cost) in try round(events: settings.streamEvents, options: .init()) {
-                    counted[name, default: []].append(cost)
-                }
-                for (name, cost) in try round(events: settings.streamEvents, options: .init(targetPID: noSuchPID)) {
-                    filtered[name, default: []].append(cost)
+            var counted = [[String: [Double]]](repeating: [:], count: plans.count), filtered = counted
+            for roundIndex in 0..<settings.rounds {
+                // Plans, and counting and filtered tracers, alternate (the plans' order
+                // turning by one each round); never two tracers attached together.
+                let order = plans.indices.map { ($0 + roundIndex) % plans.count }
+                for index in order where plans[index].programs != nil {
+                    let entry = plans[index]
+                    for (name, cost) in try round(events: settings.streamEvents, options: entry.plan.options()) {
+                        counted[index][name, default: []].append(cost)
+                    }
+                    for (name, cost) in try round(events: settings.streamEvents, options: entry.plan.options(targetPID: noSuchPID)) {
+                        filtered[index][name, default: []].append(cost)
+                    }
                 }
             }
             var rows: [Row] = []
-            for (program, label) in [("tcptop_send", "send"), ("tcptop_recv", "recv")] {
-                let cost = median(counted[program] ?? [])
-                rows.append(Row(figure: "1 BPF time per \(label) event", measured: format(cost) + " ns",
-                                target: "≤ 50 ns", met: cost <= 50))
+            for (index, entry) in plans.enumerated() {
+                let plan = entry.plan
+                guard let (send, recv) = entry.programs else {
+                    rows.append(Row(figure: "1 BPF time per event (\(plan.name))",
+                                    measured: "not measured: \(plan.plan.hooks.rawValue) counts an event in an entry/return pair"))
+                    continue
+                }
+                for (program, label) in [(send, "send"), (recv, "recv")] {
+                    let cost = median(counted[index][program.rawValue] ?? [])
+                    rows.append(Row(figure: "1 BPF time per \(label) event (\(plan.name))", measured: format(cost) + " ns",
+                                    target: "≤ \(format(plan.nanosecondTarget, 0)) ns (\(plan.role))", met: cost <= plan.nanosecondTarget))
+                }
+                let baseline = [send, recv].map { format(median(filtered[index][$0.rawValue] ?? [])) }
+                rows.append(Row(figure: "1 baseline: hook + pid filter only, send/recv (\(plan.name))",
+                                measured: baseline.joined(separator: " / ") + " ns"))
             }
-            let baseline = ["tcptop_send", "tcptop_recv"].map { format(median(filtered[$0] ?? [])) }
-            rows.append(Row(figure: "1 baseline: hook + pid filter only, send/recv",
-                            measured: baseline.joined(separator: " / ") + " ns"))
             return rows
         } catch {
             return [Row.failed("1 BPF time per event", error)]

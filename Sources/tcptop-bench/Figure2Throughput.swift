@@ -1,30 +1,39 @@
 import Foundation
 import Glibc
+import TCPTopBPF
 
 /// Figure 2: throughput with the daemon running (tracer on) over without it
-/// (off), rounds alternating on, off, on, off… so that the machine's noise
-/// falls on both sides alike.
+/// (off), for each plan measured (the daemon forced to it). Each round runs
+/// off and every plan once, in an order that turns by one each round, so
+/// that the machine's noise falls on every side alike; the plans share the
+/// "off" rounds.
 enum ThroughputFigure {
     static func run(_ settings: Settings) -> [Row] {
-        let workloads: [(name: String, unit: String, target: Double, measure: (Double) throws -> Double)] = [
-            ("2a 1-byte send loop, on/off", "sends", 0.95, sendLoop),
-            ("2b 1-byte ping-pong (2 processes), on/off", "round trips", 0.95, pingPong),
-            ("2c bulk 64 KiB writes, on/off", "B", 0.99, bulk),
+        let survey = settings.survey
+        if let error = survey.error { return [Row.failed("2 throughput", BenchError(error))] }
+        let plans = survey.plans
+        let workloads: [(name: String, unit: String, target: (MeasuredPlan) -> Double, measure: (Double) throws -> Double)] = [
+            ("2a 1-byte send loop, on/off", "sends", \.sendLoopTarget, sendLoop),
+            ("2b 1-byte ping-pong (2 processes), on/off", "round trips", { _ in 0.95 }, pingPong),
+            ("2c bulk 64 KiB writes, on/off", "B", { _ in 0.99 }, bulk),
         ]
-        var on = [[Double]](repeating: [], count: workloads.count)
-        var off = on
+        // rates[plan][workload]; index plans.count is "off".
+        var rates = [[[Double]]](repeating: [[Double]](repeating: [], count: workloads.count), count: plans.count + 1)
+        let tcptopPrograms = Set(BPFProgram.allCases.map(\.rawValue))
         var foreignRounds = 0
         do {
-            for _ in 0..<settings.throughputRounds {
-                for tracerOn in [true, false] {
-                    let daemon = tracerOn ? try DaemonUnderTest() : nil
+            for round in 0..<settings.throughputRounds {
+                let states = Array(0...plans.count)
+                for state in states[(round % states.count)...] + states[..<(round % states.count)] {
+                    let plan = state < plans.count ? plans[state] : nil
+                    let daemon = try plan.map { try DaemonUnderTest(arguments: $0.daemonArguments) }
+                    if let daemon, let plan { try checkPlan(of: daemon, is: plan) }
                     // The kernel frees a stopped daemon's programs after a grace period: wait for it.
-                    let expected = tracerOn ? 1 : 0
-                    for _ in 0..<30 where LoadedPrograms.count(named: "tcptop_send") > expected { usleep(100_000) }
-                    if LoadedPrograms.count(named: "tcptop_send") > expected { foreignRounds += 1 }
+                    let expected = plan?.plan.programs.count ?? 0
+                    for _ in 0..<30 where LoadedPrograms.count(namedIn: tcptopPrograms) > expected { usleep(100_000) }
+                    if LoadedPrograms.count(namedIn: tcptopPrograms) > expected { foreignRounds += 1 }
                     for (index, workload) in workloads.enumerated() {
-                        let rate = try workload.measure(settings.roundSeconds)
-                        if tracerOn { on[index].append(rate) } else { off[index].append(rate) }
+                        rates[state][index].append(try workload.measure(settings.roundSeconds))
                     }
                     daemon?.stop()
                 }
@@ -34,13 +43,25 @@ enum ThroughputFigure {
         }
         // Said on every row: the ratio understates the cost when "off" was not off.
         let caveat = foreignRounds == 0 ? ""
-            : "; another tcptop tracer was attached in \(foreignRounds) of \(2 * settings.throughputRounds) rounds"
-        return workloads.enumerated().map { index, workload in
-            let (rateOn, rateOff) = (median(on[index]), median(off[index]))
-            let ratio = rateOn / rateOff
-            return Row(figure: workload.name,
-                       measured: "\(format(ratio, 3)) (on \(formatRate(rateOn, unit: workload.unit)), off \(formatRate(rateOff, unit: workload.unit)))\(caveat)",
-                       target: "≥ \(workload.target)", met: ratio >= workload.target)
+            : "; another tcptop tracer was attached in \(foreignRounds) of \((plans.count + 1) * settings.throughputRounds) rounds"
+        return plans.enumerated().flatMap { planIndex, plan in
+            workloads.enumerated().map { index, workload in
+                let (rateOn, rateOff) = (median(rates[planIndex][index]), median(rates[plans.count][index]))
+                let ratio = rateOn / rateOff
+                let target = workload.target(plan)
+                return Row(figure: "\(workload.name) (\(plan.name))",
+                           measured: "\(format(ratio, 3)) (on \(formatRate(rateOn, unit: workload.unit)), off \(formatRate(rateOff, unit: workload.unit)))\(caveat)",
+                           target: "≥ \(target)" + (index == 0 ? " (\(plan.role))" : ""), met: ratio >= target)
+            }
+        }
+    }
+
+    /// The daemon's own metric says which plan it took: the one forced.
+    private static func checkPlan(of daemon: DaemonUnderTest, is plan: MeasuredPlan) throws {
+        let sample = try daemon.metrics().first { $0.name == "tcptop_exporter_attach_mode" }
+        let taken = sample.map { "\($0.labels["mode"] ?? "?")+\($0.labels["read_path"] ?? "?")" } ?? "no tcptop_exporter_attach_mode"
+        guard taken == "\(plan.plan.hooks.rawValue)+\(plan.plan.readPath.rawValue)" else {
+            throw BenchError("the daemon started with \(plan.daemonArguments.joined(separator: " ")) runs \(taken), not \(plan.name)")
         }
     }
 

@@ -1,11 +1,17 @@
 import Foundation
 import Glibc
+import TCPTopBPF
+import TCPTopCore
 
 /// tcptop-bench: the figures of the README's performance table, as one table.
 ///
-///   tcptop-bench [FIGURE...] [--only NAME...] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]
+///   tcptop-bench [FIGURE...] [--only NAME...] [--attach-mode HOOKS] [--read-path PATH] [--quick]
+///                [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]
 ///
 /// FIGURE is 1-6, NAME one of bpf, throughput, scrape, churn, idle, startup.
+/// Figures 1 and 2 are measured for every plan (hooks + read path) the
+/// kernel allows; --attach-mode and --read-path restrict them to those
+/// plans (the daemon's --bpf.attach-mode / --bpf.read-path values).
 /// Internal modes (the bench runs itself as a child):
 ///   --peer pingpong PORT      the other process of the ping-pong (figure 2b)
 ///   --synthetic-scrape N      one synthetic scrape size (figure 3)
@@ -24,6 +30,11 @@ struct Settings {
     var churnSeconds = 3.0
     var idleSeconds = 60.0
     var churnConfig: String?
+    /// Figures 1 and 2: the plans within these (auto: any).
+    var attachMode: BPFAttachMode = .auto
+    var readPath: BPFReadPath = .auto
+    /// The plans figures 1 and 2 measure, found before they run.
+    var survey = PlanSurvey()
 
     static let figureNames = ["bpf": 1, "throughput": 2, "scrape": 3, "churn": 4, "idle": 5, "startup": 6]
 
@@ -67,11 +78,24 @@ func parseArguments(_ arguments: [String]) -> Settings {
             guard let seconds = Double(value(argument)), seconds > 0 else { usageError("--idle-seconds needs a positive number") }
             idleSeconds = seconds
         case "--churn-config": settings.churnConfig = value(argument)
+        case "--attach-mode":
+            let name = value(argument)
+            guard let mode = BPFAttachMode(rawValue: name) else {
+                usageError("--attach-mode must be one of \(BPFAttachMode.allCases.map(\.rawValue).joined(separator: ", ")); got \"\(name)\"")
+            }
+            settings.attachMode = mode
+        case "--read-path":
+            let name = value(argument)
+            guard let path = BPFReadPath(rawValue: name) else {
+                usageError("--read-path must be one of \(BPFReadPath.allCases.map(\.rawValue).joined(separator: ", ")); got \"\(name)\"")
+            }
+            settings.readPath = path
         case "--churn-seconds":
             guard let seconds = Double(value(argument)), seconds > 0 else { usageError("--churn-seconds needs a positive number") }
             churnSeconds = seconds
         case "-h", "--help":
-            print("usage: tcptop-bench [1-6...] [--only bpf|throughput|scrape|churn|idle|startup] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]")
+            print("usage: tcptop-bench [1-6...] [--only bpf|throughput|scrape|churn|idle|startup] [--attach-mode auto|tp_btf|raw_tp|fexit|kprobe] [--read-path auto|storage_iterator|socket_hash] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]")
+            print("Figures 1 and 2 measure every plan (hooks + read path) the kernel allows; --attach-mode and --read-path restrict them.")
             exit(0)
         default:
             guard let figure = Int(argument), (1...6).contains(figure) else { usageError("unknown argument \"\(argument)\"") }
@@ -100,13 +124,19 @@ default:
     break
 }
 
-let settings = parseArguments(arguments)
+var settings = parseArguments(arguments)
 guard getuid() == 0 else {
     usageError("must run as root (it loads BPF programs and starts tcptop-exporter)")
 }
 Cleanup.shared.installSignalHandlers()
 
 print(Table.header(quick: settings.quick))
+if !settings.figures.isDisjoint(with: [1, 2]) {
+    let forced = [settings.attachMode.rawValue, settings.readPath.rawValue]
+    FileHandle.standardError.write(Data("… plans for figures 1 and 2 (attach mode \(forced[0]), read path \(forced[1])): starting each\n".utf8))
+    settings.survey = PlanSurvey.run(attachMode: settings.attachMode, readPath: settings.readPath)
+    FileHandle.standardError.write(Data("  \(settings.survey.summary)\n".utf8))
+}
 let figures: [(number: Int, name: String, run: (Settings) -> [Row])] = [
     (1, "BPF time per event", BPFCostFigure.run),
     (2, "throughput on/off", ThroughputFigure.run),
@@ -129,6 +159,11 @@ Cleanup.shared.run()
 print()
 print(Table.render(rows))
 print()
+if !settings.figures.isDisjoint(with: [1, 2]) {
+    let forced = settings.attachMode == .auto && settings.readPath == .auto
+        ? "" : " within --attach-mode \(settings.attachMode.rawValue) --read-path \(settings.readPath.rawValue)"
+    print("Figures 1 and 2, every plan this kernel allows\(forced): \(settings.survey.summary). The fast path is the best plan the kernel's BTF makes possible; the others are fallbacks (targets ≤ 60 ns per event, send loop ≥ 0.92).")
+}
 if settings.figures.contains(1) {
     print("Figure 1 enables BPF run-time statistics with BPF_ENABLE_STATS (an fd, closed on exit): kernel.bpf_stats_enabled is never changed, so there is nothing to restore, even after a crash.")
 }
