@@ -110,12 +110,13 @@ static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_
 	bpf_get_current_comm(&value->comm, sizeof(value->comm));
 }
 
-/* A process that is not the socket's owner: its own entry in "conns". */
-static __always_inline int count_shared(struct sock *sk, struct tcptop_sock_value *owned, __u32 tgid,
-					int ret, bool is_send)
+/* A process that is not the socket's owner: its own entry in "conns",
+ * keyed by the owner's cookie; "shared" is the owner's flag that says so. */
+static __always_inline int count_shared(struct sock *sk, __u64 cookie, __u16 *shared, __u32 tgid, int ret,
+					bool is_send)
 {
-	owned->shared = 1;
-	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = tgid };
+	*shared = 1;
+	struct tcptop_conn_key key = { .cookie = cookie, .tgid = tgid };
 	struct tcptop_conn_value *existing = bpf_map_lookup_elem(&conns, &key);
 	if (existing) {
 		add_bytes(existing, ret, is_send);
@@ -140,6 +141,14 @@ static __always_inline int count_shared(struct sock *sk, struct tcptop_sock_valu
 	return unattributed(ret, is_send); /* "conns" is full */
 }
 
+/* A shared socket is destroyed: its "conns" entries are final. */
+static __always_inline void mark_shared_final(__u64 cookie)
+{
+	__u8 one = 1;
+	if (bpf_map_update_elem(&closed, &cookie, &one, BPF_ANY))
+		add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
+}
+
 /* A tracked socket is being destroyed: hand the owner's final counts to
  * "closed_conns" and mark the shared entries final. Returns false when
  * "closed_conns" is full; each read path decides what then happens. */
@@ -149,11 +158,8 @@ static __always_inline bool hand_over(struct tcptop_sock_value *owned)
 	struct tcptop_conn_key key = { .cookie = owned->cookie, .tgid = owned->owner_tgid };
 	struct tcptop_conn_value final = owned->conn;
 	bool recorded = bpf_map_update_elem(&closed_conns, &key, &final, BPF_NOEXIST) == 0;
-	if (owned->shared) {
-		__u8 one = 1;
-		if (bpf_map_update_elem(&closed, &key.cookie, &one, BPF_ANY))
-			add_stat(TCPTOP_STAT_CLOSED_NOT_RECORDED, 1);
-	}
+	if (owned->shared)
+		mark_shared_final(key.cookie);
 	return recorded;
 }
 

@@ -51,7 +51,7 @@ static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value 
 	 * taken yet: no room for it until then. */
 	if (owned->closed)
 		return unattributed(ret, is_send);
-	return count_shared(sk, owned, tgid, ret, is_send);
+	return count_shared(sk, owned->cookie, &owned->shared, tgid, ret, is_send);
 }
 
 static __always_inline int count_hash(struct sock *sk, __u32 tgid, int ret, bool is_send)

@@ -47,7 +47,7 @@ static __noinline int count_storage_slow(struct sock *sk, struct tcptop_sock_val
 			return 0;
 		}
 	}
-	return count_shared(sk, owned, tgid, ret, is_send);
+	return count_shared(sk, owned->cookie, &owned->shared, tgid, ret, is_send);
 }
 
 static __always_inline int count_storage(struct sock *sk, __u32 tgid, int ret, bool is_send)

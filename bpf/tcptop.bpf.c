@@ -9,6 +9,9 @@
  *                           socket-local storage, read by its iterator
  *   store_socket_hash.h     read path "socket_hash": owners' counters in a
  *                           hash keyed by socket, read with batch lookups
+ *   store_storage_array.h   read path "storage_array": owners' counters in an
+ *                           array found through socket storage, read by user
+ *                           space through a shared mapping
  *   hooks_tracepoints.h     hooks "tp_btf" and "raw_tp" on sock_send_length /
  *                           sock_recv_length (Linux >= 6.3), and the close hook
  *   hooks_fexit.h           hooks "fexit" on tcp_sendmsg / tcp_recvmsg
@@ -26,11 +29,12 @@
 #include "counting.h"
 #include "store_socket_storage.h"
 #include "store_socket_hash.h"
+#include "store_storage_array.h"
 
 /* The hooks' way into the core. Typed hooks (tp_btf, fexit) get a socket
  * pointer the verifier knows, read directly and usable with socket storage;
  * the others (raw_tp, kprobe) read through CO-RE and use the socket hash.
- * settings.socket_hash is read-only at load, so the verifier sees one path. */
+ * settings.read_path is read-only at load, so the verifier sees one path. */
 static __always_inline int count_typed(struct sock *sk, int ret, bool is_send)
 {
 	if (settings.count_nothing || ret <= 0 || sk->sk_protocol != IPPROTO_TCP)
@@ -38,8 +42,10 @@ static __always_inline int count_typed(struct sock *sk, int ret, bool is_send)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (filtered_out(pid_tgid))
 		return 0;
-	if (settings.socket_hash)
+	if (settings.read_path == TCPTOP_READ_SOCKET_HASH)
 		return count_hash(sk, pid_tgid >> 32, ret, is_send);
+	if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
+		return count_array(sk, pid_tgid >> 32, ret, is_send);
 	return count_storage(sk, pid_tgid >> 32, ret, is_send);
 }
 
@@ -55,8 +61,10 @@ static __always_inline int count_untyped(struct sock *sk, int ret, bool is_send)
 
 static __always_inline void close_typed(struct sock *sk)
 {
-	if (settings.socket_hash)
+	if (settings.read_path == TCPTOP_READ_SOCKET_HASH)
 		close_hash(sk);
+	else if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
+		close_array(sk);
 	else
 		close_storage(sk);
 }

@@ -90,10 +90,33 @@ struct tcptop_settings {
 	__u32 filter_cgroup; /* 1: only tasks under the cgroup in "cgroup_filter" */
 	__u32 socket_capacity; /* sockets that may get their own storage */
 	__u32 count_nothing; /* 1: return at once (the benchmark's cost floor) */
-	/* The read path: 0 = owners' counters in socket storage, read by its
-	 * iterator; 1 = in the "sk_owners" hash, read with batch lookups. */
-	__u32 socket_hash;
-	__u32 pad;
+	__u32 read_path; /* enum tcptop_read_path */
+	__u32 slot_count; /* storage_array: entries of "slots" */
+};
+
+/* Where the owners' counters live and how user space reads them. */
+enum tcptop_read_path {
+	/* In socket storage, read by the socket-storage iterator. */
+	TCPTOP_READ_STORAGE_ITERATOR = 0,
+	/* In the "sk_owners" hash keyed by socket, read with batch lookups. */
+	TCPTOP_READ_SOCKET_HASH = 1,
+	/* In the "slots" array, found through socket storage, read by user
+	 * space through a shared mapping of the array. */
+	TCPTOP_READ_STORAGE_ARRAY = 2,
+};
+
+/* One entry of the "slots" array (read path storage_array). */
+struct tcptop_slot {
+	struct tcptop_conn_value conn;
+	__u64 cookie;
+	__u32 tgid;
+	__u32 state; /* enum tcptop_slot_state, written last */
+};
+
+enum tcptop_slot_state {
+	TCPTOP_SLOT_FREE = 0, /* user space ignores it */
+	TCPTOP_SLOT_LIVE = 1, /* a live socket's owner counts here */
+	TCPTOP_SLOT_CLOSED = 2, /* final counts: user space takes them, frees the slot */
 };
 
 _Static_assert(sizeof(struct tcptop_settings) == 24, "settings layout");
@@ -101,5 +124,6 @@ _Static_assert(sizeof(struct tcptop_sock_value) == 104, "socket value layout");
 _Static_assert(sizeof(struct tcptop_conn_record) == 88, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");
 _Static_assert(sizeof(struct tcptop_conn_value) == 72, "conn value layout");
+_Static_assert(sizeof(struct tcptop_slot) == 88, "slot layout");
 
 #endif

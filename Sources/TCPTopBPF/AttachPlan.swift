@@ -12,7 +12,9 @@ public struct AttachPlan: Sendable, Equatable {
 
     /// How user space reads the counters, best first.
     public enum ReadPath: String, CaseIterable, Sendable {
-        case storageIterator = "storage_iterator", socketHash = "socket_hash"
+        case storageIterator = "storage_iterator", storageArray = "storage_array", socketHash = "socket_hash"
+        /// Counters found through socket storage: needs typed socket pointers.
+        var usesSocketStorage: Bool { self != .socketHash }
     }
 
     public var hooks: Hooks
@@ -45,7 +47,7 @@ public struct AttachPlan: Sendable, Equatable {
                 continue
             }
             for path in ReadPath.allCases where requestedPath == .auto || requestedPath.rawValue == path.rawValue {
-                if path == .storageIterator {
+                if path.usesSocketStorage {
                     guard hooks.typed else {
                         // A design fact, not the kernel's: said only when both were asked for.
                         if requested != .auto && requestedPath != .auto {
@@ -53,13 +55,13 @@ public struct AttachPlan: Sendable, Equatable {
                         }
                         continue
                     }
-                    guard kernel.storageIterator else {
+                    guard path != .storageIterator || kernel.storageIterator else {
                         impossible.append("kernel \(kernel.release) has no socket-storage iterator")
                         continue
                     }
                 }
                 let closeKinds: [Hooks] = switch (hooks, path) {
-                case (.tpBTF, _), (_, .storageIterator): [.tpBTF]
+                case (.tpBTF, _), (_, .storageIterator), (_, .storageArray): [.tpBTF]
                 case (.rawTP, _): [.rawTP]
                 default: [.tpBTF, .rawTP]
                 }

@@ -27,7 +27,11 @@ extension TCPTracer {
         let closes = try statSum(TCPTOP_STAT_CLOSES)
         let closedCookies = Set(try batchRead(fd: closedCookiesFD, key: UInt64(0), value: UInt8(0)).map(\.0))
         let shared = try batchRead(fd: sharedConnectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
-        let owners = try plan.readPath == .storageIterator ? readStorageIterator() : readSocketHash()
+        let owners = switch plan.readPath {
+        case .storageIterator: try readStorageIterator()
+        case .storageArray: try readStorageArray()
+        case .socketHash: try readSocketHash()
+        }
         let closed = try batchRead(fd: closedConnectionsFD, key: tcptop_conn_key(), value: tcptop_conn_value())
 
         var samples: [ConnectionSample] = []
@@ -48,7 +52,11 @@ extension TCPTracer {
         for (key, value) in shared { add(key, value, closed: closedCookies.contains(key.cookie)) }
         for (key, value) in closed { add(key, value, closed: true) }
 
-        for (var key, _) in owners.closed { _ = bpf_map_delete_elem(socketOwnersFD, &key) }
+        if plan.readPath == .storageArray {
+            try freeSlots(owners.closed.map { UInt32($0.0) })
+        } else {
+            for (var key, _) in owners.closed { _ = bpf_map_delete_elem(socketOwnersFD, &key) }
+        }
         for (var key, _) in shared where closedCookies.contains(key.cookie) {
             _ = bpf_map_delete_elem(sharedConnectionsFD, &key)
         }
@@ -79,6 +87,43 @@ extension TCPTracer {
             if owned.closed != 0 { owners.closed.append((address, record)) } else { owners.live.append(record) }
         }
         return owners
+    }
+
+    /// Read path "storage_array": the slots ever taken, read in place. A
+    /// LIVE slot is copied and checked again (same state, same cookie), so a
+    /// slot recycled during the copy is skipped (it is read next time); a
+    /// CLOSED one holds final counts (the key is its index, to free it by).
+    private func readStorageArray() throws -> Owners {
+        guard let slots else { return ([], []) }
+        var zero: UInt32 = 0, taken: UInt64 = 0
+        let err = bpf_map_lookup_elem(freshSlotsFD, &zero, &taken)
+        if err != 0 { throw TracerError.libbpf("reading the slot count", code: err) }
+        var owners: Owners = ([], [])
+        for index in 0..<min(Int(taken), slots.count) {
+            let slot = slots.slot(index)
+            let state = tcptop_load_acquire_u32(slots.state(index))
+            guard state != TCPTOP_SLOT_FREE.rawValue else { continue }
+            let copy = slot.pointee
+            let record = tcptop_conn_record(key: tcptop_conn_key(cookie: copy.cookie, tgid: copy.tgid, pad: 0), value: copy.conn)
+            if state == TCPTOP_SLOT_CLOSED.rawValue {
+                owners.closed.append((UInt64(index), record))
+            } else if tcptop_load_acquire_u32(slots.state(index)) == state,
+                      tcptop_load_acquire_u64(slots.cookie(index)) == copy.cookie {
+                owners.live.append(record)
+            }
+        }
+        return owners
+    }
+
+    /// Closed slots whose final counts were taken: FREE, then back on the
+    /// kernel's free stack (a slot is never on it twice, nor in use there).
+    private func freeSlots(_ indexes: [UInt32]) throws {
+        guard let slots else { return }
+        for var index in indexes {
+            tcptop_store_release_u32(slots.state(Int(index)), TCPTOP_SLOT_FREE.rawValue)
+            let err = bpf_map_update_elem(freeSlotsFD, nil, &index, UInt64(BPF_ANY))
+            if err != 0 { throw TracerError.libbpf("freeing a slot", code: err) }
+        }
     }
 
     /// Read path "storage_iterator": one pass of the socket-storage iterator,

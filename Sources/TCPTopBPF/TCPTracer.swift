@@ -54,6 +54,11 @@ public final class TCPTracer {
     let closedCookiesFD: Int32
     let closedConnectionsFD: Int32
     let statsFD: Int32
+    /// storage_array: the slots, mapped into this process, and the maps
+    /// that say which are in use.
+    let slots: SlotMapping?
+    let freeSlotsFD: Int32
+    let freshSlotsFD: Int32
     /// Labels already built, by connection: most reads see the same
     /// connections again, and building address text is the costly part.
     var labelCache: [ConnectionID: ConnectionLabels] = [:]
@@ -150,6 +155,9 @@ public final class TCPTracer {
             closedCookiesFD = bpf_map__fd(maps[.closed]!)
             closedConnectionsFD = bpf_map__fd(maps[.closedConns]!)
             statsFD = bpf_map__fd(maps[.stats]!)
+            freeSlotsFD = bpf_map__fd(maps[.freeSlots]!)
+            freshSlotsFD = bpf_map__fd(maps[.freshSlots]!)
+            slots = plan.readPath == .storageArray ? try SlotMapping(map: maps[.slots]!) : nil
         } catch {
             bpf_object__close(object)
             throw error
@@ -173,26 +181,39 @@ public final class TCPTracer {
         try checkLayout(maps[.sockets]!, key: MemoryLayout<Int32>.size, value: MemoryLayout<tcptop_sock_value>.size)
         try checkLayout(maps[.skOwners]!, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_sock_value>.size)
         try checkLayout(maps[.calls]!, key: MemoryLayout<UInt64>.size, value: MemoryLayout<tcptop_call>.size)
+        try checkLayout(maps[.slots]!, key: MemoryLayout<UInt32>.size, value: MemoryLayout<tcptop_slot>.size)
+        try checkLayout(maps[.freeSlots]!, key: 0, value: MemoryLayout<UInt32>.size)
         // The closed maps take bursts of closes between two reads.
         let closedCapacity = UInt32(min(UInt64(capacity) * 4, 1 << 24))
         // Preallocated maps another plan uses take one entry.
-        let socketHash = plan.readPath == .socketHash
+        let socketHash = plan.readPath == .socketHash, array = plan.readPath == .storageArray
+        let slotCount = Self.slotCount(capacity: capacity)
         let sizes: [(BPFMap, UInt32)] = [
             (.conns, capacity), (.closed, closedCapacity), (.closedConns, closedCapacity),
             (.skOwners, socketHash ? capacity : 1),
+            (.slots, array ? slotCount : 1), (.freeSlots, array ? slotCount : 1),
             (.calls, plan.hooks == .kprobe ? bpf_map__max_entries(maps[.calls]!) : 1),
         ]
         for (map, size) in sizes {
             let err = bpf_map__set_max_entries(maps[map]!, size)
             if err != 0 { throw TracerError.libbpf("setting the capacity of map \(map.rawValue)", code: err) }
         }
+        let readPath: tcptop_read_path = switch plan.readPath {
+        case .storageIterator: TCPTOP_READ_STORAGE_ITERATOR
+        case .storageArray: TCPTOP_READ_STORAGE_ARRAY
+        case .socketHash: TCPTOP_READ_SOCKET_HASH
+        }
         try setSettings(object: object, tcptop_settings(
             target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1,
             socket_capacity: capacity, count_nothing: options.countNothing ? 1 : 0,
-            socket_hash: socketHash ? 1 : 0, pad: 0))
+            read_path: readPath.rawValue, slot_count: slotCount))
         try selectPrograms(object: object, Set(plan.programs))
         return maps
     }
+
+    /// storage_array: the slots of closed sockets wait for the next read, so
+    /// there are twice as many slots as sockets tracked at once.
+    static func slotCount(capacity: UInt32) -> UInt32 { UInt32(min(UInt64(capacity) * 2, 1 << 24)) }
 
     /// Loads each of the plan's programs alone, in a fresh object with small
     /// maps, to find the one the kernel refuses. Nil when each loads alone
@@ -332,5 +353,39 @@ enum LibbpfLog {
             let text = String(cString: message).trimmingCharacters(in: .whitespacesAndNewlines)
             LibbpfLog.sink?("libbpf: " + text)
         })
+    }
+}
+
+/// The "slots" array of read path storage_array, mapped shared into this
+/// process (BPF_F_MMAPABLE): read without a system call. Unmapped on deinit.
+final class SlotMapping {
+    let base: UnsafeMutableRawPointer
+    let length: Int
+    let count: Int
+
+    init(map: OpaquePointer) throws {
+        count = Int(bpf_map__max_entries(map))
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        length = (count * MemoryLayout<tcptop_slot>.stride + page - 1) / page * page
+        let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0)
+        guard let mapped, mapped != MAP_FAILED else {
+            throw TracerError("mapping the slots array: \(String(cString: strerror(errno)))")
+        }
+        base = mapped
+    }
+
+    deinit { munmap(base, length) }
+
+    func slot(_ index: Int) -> UnsafeMutablePointer<tcptop_slot> {
+        (base + index * MemoryLayout<tcptop_slot>.stride).assumingMemoryBound(to: tcptop_slot.self)
+    }
+
+    /// The words the kernel and this process hand the slot over by.
+    func state(_ index: Int) -> UnsafeMutablePointer<UInt32> { field(index, \.state) }
+    func cookie(_ index: Int) -> UnsafeMutablePointer<UInt64> { field(index, \.cookie) }
+
+    private func field<T>(_ index: Int, _ path: KeyPath<tcptop_slot, T>) -> UnsafeMutablePointer<T> {
+        (base + index * MemoryLayout<tcptop_slot>.stride + MemoryLayout<tcptop_slot>.offset(of: path)!)
+            .assumingMemoryBound(to: T.self)
     }
 }

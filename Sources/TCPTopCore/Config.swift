@@ -60,6 +60,9 @@ public enum BPFReadPath: String, CaseIterable, Sendable {
     case auto
     /// Owners' counters in socket-local storage, read by its iterator program.
     case storageIterator = "storage_iterator"
+    /// Owners' counters in an array found through socket storage, read
+    /// through a shared mapping (kernels that refuse the iterator).
+    case storageArray = "storage_array"
     /// Owners' counters in a hash keyed by socket, read with batch lookups.
     case socketHash = "socket_hash"
 }

@@ -19,15 +19,16 @@ struct AttachPlanTests {
     @Test func withTheTracepointsEveryHookKindIsACandidateBestFirst() throws {
         let (plans, impossible) = try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: Self.linux618)
         #expect(Self.names(plans) == [
-            "tp_btf+storage_iterator", "tp_btf+socket_hash", "raw_tp+socket_hash",
-            "fexit+storage_iterator", "fexit+socket_hash", "fexit+socket_hash (close hook raw_tp)",
+            "tp_btf+storage_iterator", "tp_btf+storage_array", "tp_btf+socket_hash", "raw_tp+socket_hash",
+            "fexit+storage_iterator", "fexit+storage_array", "fexit+socket_hash", "fexit+socket_hash (close hook raw_tp)",
             "kprobe+socket_hash", "kprobe+socket_hash (close hook raw_tp)",
         ])
         #expect(impossible.isEmpty)
         #expect(plans[0].programs == [.send, .recv, .destroy, .dump])
         #expect(plans[1].programs == [.send, .recv, .destroy])
-        #expect(plans[2].programs == [.rawSend, .rawRecv, .rawDestroy])
-        #expect(plans[7].programs == [.kprobeSend, .kretprobeSend, .kprobeRecv, .kretprobeRecv, .rawDestroy, .rawThreadExit])
+        #expect(plans[2].programs == [.send, .recv, .destroy])
+        #expect(plans[3].programs == [.rawSend, .rawRecv, .rawDestroy])
+        #expect(plans[9].programs == [.kprobeSend, .kretprobeSend, .kprobeRecv, .kretprobeRecv, .rawDestroy, .rawThreadExit])
     }
 
     @Test func before63FexitComesFirstWithTheRightRecvmsgAndSendpage() throws {
@@ -43,7 +44,8 @@ struct AttachPlanTests {
 
     @Test func forcedChoicesNarrowTheCandidates() throws {
         let fexit = try AttachPlan.candidates(hooks: .fexit, readPath: .auto, kernel: Self.linux618).plans
-        #expect(Self.names(fexit) == ["fexit+storage_iterator", "fexit+socket_hash", "fexit+socket_hash (close hook raw_tp)"])
+        #expect(Self.names(fexit) == ["fexit+storage_iterator", "fexit+storage_array", "fexit+socket_hash",
+                                      "fexit+socket_hash (close hook raw_tp)"])
         #expect(fexit[0].programs == [.fexitSend, .fexitRecv4, .destroy, .dump])
         let hash = try AttachPlan.candidates(hooks: .auto, readPath: .socketHash, kernel: Self.linux618).plans
         #expect(hash.allSatisfy { $0.readPath == .socketHash && !$0.programs.contains(.dump) })
@@ -87,7 +89,7 @@ struct AttachPlanTests {
         selection.refused(first, because: KernelRefusal(program: .dump, stage: .load, code: -EPERM))
         let secondPlan = selection.next()
         let second = try #require(secondPlan)
-        #expect(second.name == "tp_btf+socket_hash")
+        #expect(second.name == "tp_btf+storage_array")
         selection.refused(second, because: KernelRefusal(program: .send, stage: .load, code: -EPERM))
         // tp_btf refused as a kind: its close hook too, so fexit's tp_btf-close plans are skipped.
         let thirdPlan = selection.next()
@@ -114,6 +116,10 @@ struct AttachPlanTests {
         let first = try #require(firstPlan)
         #expect(first.name == "fexit+storage_iterator")
         selection.refused(first, because: KernelRefusal(program: .fexitSend, stage: .load, code: -EINVAL))
+        let secondPlan = selection.next()
+        let second = try #require(secondPlan)
+        #expect(second.name == "fexit+storage_array")
+        selection.refused(second, because: KernelRefusal(program: .fexitSend, stage: .load, code: -EINVAL))
         let last = selection.next()
         #expect(last?.name == "fexit+socket_hash")
     }
@@ -128,7 +134,7 @@ struct AttachPlanTests {
 
     @Test func modeNamesAreTheConfigValues() {
         #expect(BPFAttachMode.allCases.map(\.rawValue) == ["auto", "tp_btf", "raw_tp", "fexit", "kprobe"])
-        #expect(BPFReadPath.allCases.map(\.rawValue) == ["auto", "storage_iterator", "socket_hash"])
+        #expect(BPFReadPath.allCases.map(\.rawValue) == ["auto", "storage_iterator", "storage_array", "socket_hash"])
         // Every hook kind and read path of a plan can be forced by its name.
         #expect(AttachPlan.Hooks.allCases.allSatisfy { BPFAttachMode(rawValue: $0.rawValue) != nil })
         #expect(AttachPlan.ReadPath.allCases.allSatisfy { BPFReadPath(rawValue: $0.rawValue) != nil })

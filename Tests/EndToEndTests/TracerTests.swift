@@ -68,7 +68,11 @@ struct TracerTests {
         let unattributedSent = after.unattributed.sentBytes - before.unattributed.sentBytes
         // Other traffic may also land in the unattributed counter, never less.
         #expect(attributed + unattributedSent >= moved)
-        #expect(after.unattributed.sendEvents > before.unattributed.sendEvents)
+        // storage_array keeps two slots per socket of capacity: read between
+        // exchanges, the two ends of each fit, and nothing overflows.
+        if plan.readPath != .storageArray || !readBetween {
+            #expect(after.unattributed.sendEvents > before.unattributed.sendEvents)
+        }
         if !readBetween && plan.readPath == .storageIterator {
             // Without reads in between, some final counts found the closed map
             // full. (The socket hash keeps them in place instead, until read.)

@@ -79,7 +79,7 @@ import TCPTopCore
         ("bpf: {attach_mode: kprobes}",
          #"config: bpf.attach_mode: must be one of auto, tp_btf, raw_tp, fexit, kprobe, got "kprobes""#),
         ("bpf: {read_path: iterator}",
-         #"config: bpf.read_path: must be one of auto, storage_iterator, socket_hash, got "iterator""#),
+         #"config: bpf.read_path: must be one of auto, storage_iterator, storage_array, socket_hash, got "iterator""#),
         ("bpf: {map_capacity: lots}",
          #"config: bpf.map_capacity: must be an integer between 1 and 16777216, got "lots""#),
         ("bpf: {map_capacity: 0}",
