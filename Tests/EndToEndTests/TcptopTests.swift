@@ -212,9 +212,10 @@ struct TcptopTests {
     }
 }
 
-/// The cgroup v2 mount point, from /proc/mounts.
+/// The cgroup v2 mount point, from /proc/mounts (read to its end: a /proc
+/// file has no size, and String(contentsOfFile:) stops after its first page).
 let cgroup2Mount: String? = {
-    let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+    let mounts = FileHandle(forReadingAtPath: "/proc/mounts").map { String(decoding: $0.readDataToEndOfFile(), as: UTF8.self) } ?? ""
     for line in mounts.split(separator: "\n") {
         let fields: [Substring] = line.split(separator: " ")
         if fields.count > 2 && fields[2] == "cgroup2" { return String(fields[1]) }
