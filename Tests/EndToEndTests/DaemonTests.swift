@@ -169,6 +169,12 @@ struct DaemonTests {
         #expect(badConfig.stderr.split(separator: "\n").count == 1)
         #expect(badConfig.stderr.contains("web.telemetry_path"))
 
+        // The flag goes by the config key's rule: a "?" would make every scrape a 404.
+        let badPath = run(ExporterProcess.binary("tcptop-exporter"),
+                          ["--web.telemetry-path=/metrics?x", "--web.listen-address=127.0.0.1:\(ExporterProcess.freePort())"])
+        #expect(badPath.status == 2)
+        #expect(badPath.stderr == ##"tcptop-exporter: --web.telemetry-path: must be a path that starts with "/" and is not "/", without spaces, "?" or "#", got "/metrics?x""## + "\n")
+
         // The port is taken: exit 1 and the address in the error.
         let first = try ExporterProcess()
         try first.waitReady()
