@@ -30,7 +30,9 @@ run: release
 
 # The end-to-end tests start the built executables: build them first.
 # Then the shipped unit under a real systemd (systemd-nspawn container), and
-# the fallback hooks on Debian 12's own 6.1 kernel (QEMU guest).
+# QEMU guests with Debian 12's userland on three kernels, one after the other:
+# Debian 12's 6.1 (the fallback hooks), Debian 13's 6.12 (the tracepoints),
+# Debian 11's 5.10 (the oldest). One guest alone: Tests/guest/run.sh 6.12
 test: build
 	$(SWIFT) test
 	Tests/system/container-test.sh
