@@ -18,6 +18,8 @@
 # scratch path, default .build-static), GUEST_BINARY (a statically linked
 # tcptop-exporter to use instead of building one), GUEST_CHECK (the script in
 # in/ the guest runs, default guest_check.py; compare.sh sets it),
+# GUEST_FILES (more files for the guest's in/, space-separated, e.g. a
+# GUEST_CHECK script from elsewhere and what it needs),
 # GUEST_EXTRA_PACKAGES (more Debian packages in the image).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -86,6 +88,7 @@ guest() {
 	strip -o "$work/io/in/tcptop-exporter" "$binary"
 	cp "$here/in/run.sh" "$here/in/guest_check.py" "$here/in/compare.py" "$root/Tests/traffic_peer.py" \
 		"$root/systemd/tcptop-exporter.service" "$root/Config/tcptop-exporter.yml" "$work/io/in/"
+	[ -z "${GUEST_FILES:-}" ] || cp $GUEST_FILES "$work/io/in/"
 	echo "${GUEST_CHECK:-guest_check.py}" > "$work/io/in/check"
 	echo $((guest_timeout - 60)) > "$work/io/in/timeout"
 	# Which guest this is: guest_check.py's expectations are keyed by it.
