@@ -10,15 +10,41 @@ what tcptop-exporter / tcptop report with the bytes they really moved.
 Each prints one line `READY pid=<pid> port=<local port>` once its socket is
 set up, and `DONE` after the peer closed. Sends go out in random chunk sizes
 (seeded by --seed) so that many send/recv calls are summed.
+
+Every wait is bounded, so a peer never outlives a test that gave up on it:
+each accept, connect, send, receive and the --hold wait at most --timeout
+seconds (default 60), and the whole run at most --deadline seconds (default
+300, SIGALRM). Past either, the peer says on stderr what it was waiting for
+and exits with status 3.
 """
 import argparse
 import ctypes
+import os
 import random
+import select
+import signal
 import socket
 import sys
-import os
 
 PR_SET_NAME = 15
+TIMED_OUT = 3
+
+# What the peer is waiting for right now, for the timeout message.
+waiting_for = "start-up"
+
+
+def give_up(message):
+    print(f"traffic_peer {os.getpid()}: {message}", file=sys.stderr, flush=True)
+    os._exit(TIMED_OUT)
+
+
+def on_alarm(signum, frame):
+    give_up(f"past the --deadline while waiting for {waiting_for}")
+
+
+def step(what):
+    global waiting_for
+    waiting_for = what
 
 
 def set_process_name(name):
@@ -32,6 +58,7 @@ def send_exactly(sock, total, rng):
     left = total
     while left > 0:
         chunk = min(left, rng.randint(1, 65536))
+        step(f"the peer to take bytes ({total - left} of {total} sent)")
         sock.sendall(b"x" * chunk)
         left -= chunk
 
@@ -39,6 +66,7 @@ def send_exactly(sock, total, rng):
 def receive_exactly(sock, total):
     left = total
     while left > 0:
+        step(f"bytes from the peer ({total - left} of {total} received)")
         data = sock.recv(min(left, 1 << 20))
         if not data:
             sys.exit(f"peer closed with {left} bytes still expected")
@@ -58,7 +86,17 @@ def main():
     parser.add_argument("--share", action="store_true",
                         help="connect: a forked child (named NAME-k) sends the first half, then the parent the rest")
     parser.add_argument("--hold", action="store_true", help="after the transfer, wait for a line on stdin before closing")
+    parser.add_argument("--timeout", type=float, default=60, help="seconds any one wait may take")
+    parser.add_argument("--deadline", type=int, default=300, help="seconds the whole run may take")
     args = parser.parse_args()
+
+    # Started from a thread that blocks signals, a child inherits that mask:
+    # unblock them so that SIGTERM from a test ends this peer.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(args.deadline)
+    socket.setdefaulttimeout(args.timeout)
 
     # Names given as \xNN escapes become raw bytes (a comm may hold any byte but NUL).
     name = args.name.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
@@ -72,14 +110,17 @@ def main():
         listener.bind((loopback, 0))
         listener.listen(1)
         print(f"READY pid={os.getpid()} port={listener.getsockname()[1]}", flush=True)
+        step("a client to connect (accept)")
         conn, _ = listener.accept()
         listener.close()
     else:
         conn = socket.socket(family, socket.SOCK_STREAM)
+        step(f"connect to port {args.port}")
         conn.connect((loopback, args.port))
         print(f"READY pid={os.getpid()} port={conn.getsockname()[1]}", flush=True)
 
     if args.peek and args.receive > 0:
+        step("bytes to peek at")
         conn.recv(min(args.receive, 100), socket.MSG_PEEK)
     if args.mode == "serve":
         receive_exactly(conn, args.receive)
@@ -90,10 +131,14 @@ def main():
             half = args.send // 2
             child = os.fork()
             if child == 0:
+                signal.alarm(args.deadline)  # alarms are not inherited across fork
                 set_process_name((name + "-k")[:15])
                 send_exactly(conn, half, rng)
                 os._exit(0)
-            os.waitpid(child, 0)
+            step(f"the forked sender {child} to finish")
+            _, status = os.waitpid(child, 0)
+            if status != 0:
+                sys.exit(f"the forked sender {child} failed (wait status {status})")
             print(f"CHILD pid={child} sent={half}", flush=True)
             send_exactly(conn, args.send - half, rng)
         else:
@@ -101,9 +146,14 @@ def main():
         receive_exactly(conn, args.receive)
     if args.hold:
         print("HOLDING", flush=True)
+        step("a line on stdin (--hold)")
+        readable, _, _ = select.select([sys.stdin], [], [], args.timeout)
+        if not readable:
+            give_up(f"no line on stdin within {args.timeout:g} s (--hold)")
         sys.stdin.readline()
     conn.shutdown(socket.SHUT_WR)
     # Wait for the peer's close (recv returns 0) so both sides end cleanly.
+    step("the peer to close")
     while conn.recv(65536):
         pass
     conn.close()
@@ -111,4 +161,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except socket.timeout:
+        give_up(f"no progress within the --timeout while waiting for {waiting_for}")

@@ -26,6 +26,22 @@ public struct WebConfig: Equatable, Sendable {
     public init() {}
 }
 
+extension WebConfig {
+    /// What `telemetryPathProblem` asks of a path, for "must be ..., got a list".
+    public static let telemetryPathRule = "a path that starts with \"/\" and is not \"/\""
+
+    /// The one rule for `web.telemetry_path` and `--web.telemetry-path`: nil
+    /// when `path` can be served, else the problem, in words. Requests are
+    /// routed by their path, which ends before "?" or "#", and "/" is the
+    /// landing page: any other path would answer every scrape with 404.
+    public static func telemetryPathProblem(_ path: String) -> String? {
+        guard path.hasPrefix("/"), path != "/", !path.contains(where: { $0.isWhitespace || $0 == "?" || $0 == "#" }) else {
+            return "must be \(telemetryPathRule), without spaces, \"?\" or \"#\", got \"\(path)\""
+        }
+        return nil
+    }
+}
+
 public struct BPFConfig: Equatable, Sendable {
     public static let mapCapacityRange = 1...16_777_216
 

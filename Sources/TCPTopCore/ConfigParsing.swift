@@ -63,10 +63,8 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
         }
     }
     if let field = keys["telemetry_path"] {
-        let expected = "a path that starts with \"/\" and is not \"/\""
-        let path = try scalar(field, expected: expected)
-        guard path.hasPrefix("/"), path != "/", !path.contains(where: { $0.isWhitespace || $0 == "?" || $0 == "#" })
-        else { throw field.error("must be \(expected), without spaces, \"?\" or \"#\", got \"\(path)\"") }
+        let path = try scalar(field, expected: WebConfig.telemetryPathRule)
+        if let problem = WebConfig.telemetryPathProblem(path) { throw field.error(problem) }
         web.telemetryPath = path
     }
     if let field = keys["max_requests"] { web.maxRequests = try integer(field, in: 1...1_000_000) }

@@ -54,6 +54,10 @@ struct ExporterCommand: ParsableCommand {
     }
 
     func validate() throws {
+        // The config key's rule: a path the router can never match (a "?" in it, say) is refused, not served as 404s.
+        if let telemetryPath, let problem = WebConfig.telemetryPathProblem(telemetryPath) {
+            throw ValidationError("--web.telemetry-path: \(problem)")
+        }
         if let logLevel, LogLevel(rawValue: logLevel) == nil {
             throw ValidationError("--log.level must be one of debug, info, warn, error; got \"\(logLevel)\"")
         }

@@ -59,7 +59,7 @@ struct DaemonTests {
         let programIDs = bpfProgramIDs(ofProcess: daemon.process.processIdentifier)
         #expect(programIDs.count == 4, "send, receive, destroy and the socket iterator are loaded")
         daemon.signal(SIGTERM)
-        _ = try daemon.notify.wait(for: "STOPPING=1")
+        try daemon.waitNotify("STOPPING=1")
         #expect(try daemon.waitExit() == 0)
         // The kernel frees programs after an RCU grace period: allow it a moment.
         let deadline = Date().addingTimeInterval(5)
@@ -77,13 +77,21 @@ struct DaemonTests {
         try daemon.waitReady()
         let exchange = try TrafficPeers.exchange(
             family: "4", clientName: "tt-retain-c", serverName: "tt-retain-s", clientSends: 777, serverSends: 5)
+        let closed = Date()
         let labels = ["pid": "\(exchange.clientPID)", "comm": "tt-retain-c"]
         // The peers have exited: their sockets are closed, and still served.
         #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == 777)
-        usleep(800_000)
-        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == 777)
-        usleep(1_500_000)
-        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == nil)
+        // Scraped until the series goes: it keeps its final value until then,
+        // and goes once the retention (1.5 s after the last byte) has passed.
+        var served: [Double] = []
+        try daemon.waitForMetrics("the closed connection's series gone", timeout: 10) { samples in
+            guard let sent = value(samples, "tcptop_sent_bytes_total", labels) else { return true }
+            served.append(sent)
+            return false
+        }
+        let goneAfter = Date().timeIntervalSince(closed)
+        #expect(served.allSatisfy { $0 == 777 }, "\(served)")
+        #expect(goneAfter >= 1.0 && goneAfter < 2.5, "gone \(goneAfter) s after the peers exited")
     }
 
     @Test func aBadConfigOnReloadIsLoggedAndTheOldOneKept() throws {
@@ -91,9 +99,7 @@ struct DaemonTests {
         let daemon = try ExporterProcess(arguments: ["--config.file", path])
         try daemon.waitReady()
         try "bpf:\n  map_capacity: lots\n".write(toFile: path, atomically: true, encoding: .utf8)
-        daemon.signal(SIGHUP)
-        _ = try daemon.notify.wait(for: "RELOADING=1")
-        usleep(300_000)
+        try daemon.reload()
         #expect(daemon.log.contains("reload failed, keeping the running configuration"))
         #expect(daemon.log.contains("bpf.map_capacity"))
         #expect(try daemon.get().status == 200)
@@ -109,10 +115,14 @@ struct DaemonTests {
         let labels = ["pid": "\(exchange.clientPID)", "comm": "tt-reload-c"]
         #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == 99)
         try "connections:\n  closed_retention: 300ms\n  poll_interval: 100ms\n".write(toFile: path, atomically: true, encoding: .utf8)
-        daemon.signal(SIGHUP)
-        usleep(1_000_000)
+        try daemon.reload()
         #expect(daemon.log.contains("configuration reloaded"))
-        #expect(value(try daemon.metrics(), "tcptop_sent_bytes_total", labels) == nil)
+        // With the old retention (1 h) it would stay; with the new one it goes within a second.
+        let reloaded = Date()
+        try daemon.waitForMetrics("the closed connection's series gone after the reload", timeout: 5) {
+            value($0, "tcptop_sent_bytes_total", labels) == nil
+        }
+        #expect(Date().timeIntervalSince(reloaded) < 1.5)
     }
 
     @Test func routesAnswerLikeAnExporter() throws {
@@ -133,7 +143,7 @@ struct DaemonTests {
     @Test func pingsTheWatchdogWhenSystemdAsks() throws {
         let daemon = try ExporterProcess(environment: ["WATCHDOG_USEC": "400000"])
         try daemon.waitReady()
-        _ = try daemon.notify.wait(for: "WATCHDOG=1", timeout: 2)
+        try daemon.waitNotify("WATCHDOG=1", timeout: 2)
         #expect(daemon.log.contains("watchdog enabled"))
     }
 
@@ -158,6 +168,12 @@ struct DaemonTests {
         #expect(badConfig.status == 2)
         #expect(badConfig.stderr.split(separator: "\n").count == 1)
         #expect(badConfig.stderr.contains("web.telemetry_path"))
+
+        // The flag goes by the config key's rule: a "?" would make every scrape a 404.
+        let badPath = run(ExporterProcess.binary("tcptop-exporter"),
+                          ["--web.telemetry-path=/metrics?x", "--web.listen-address=127.0.0.1:\(ExporterProcess.freePort())"])
+        #expect(badPath.status == 2)
+        #expect(badPath.stderr == ##"tcptop-exporter: --web.telemetry-path: must be a path that starts with "/" and is not "/", without spaces, "?" or "#", got "/metrics?x""## + "\n")
 
         // The port is taken: exit 1 and the address in the error.
         let first = try ExporterProcess()
@@ -209,17 +225,22 @@ func bpfProgramIDs(ofProcess pid: Int32) -> Set<Int> {
     })
 }
 
+/// Runs a command to its end, at most `timeout` seconds: past it the command
+/// is killed and the status is -1, with the reason in stderr.
 @discardableResult
-func run(_ executable: String, _ arguments: [String]) -> (status: Int32, stdout: String, stderr: String) {
+func run(_ executable: String, _ arguments: [String], timeout: Double = 60) -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
+    let out = PipeReader(), err = PipeReader()
+    process.standardOutput = out.pipe
+    process.standardError = err.pipe
+    process.standardInput = FileHandle.nullDevice
     do { try process.run() } catch { return (-1, "", "\(error)") }
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+    let deadline = Date().addingTimeInterval(timeout)
+    guard PipeReader.read([out, err], until: deadline), Child.waitExit(process, timeout: max(0, deadline.timeIntervalSinceNow)) else {
+        Child.stop(process, grace: 1)
+        return (-1, out.text, err.text + "\n\(executable) \(arguments) did not finish within \(timeout) s")
+    }
+    return (process.terminationStatus, out.text, err.text)
 }

@@ -30,18 +30,53 @@ final class ExporterProcess {
         try process.run()
     }
 
+    /// A daemon still running is stopped: SIGTERM, SIGKILL after 5 s.
     deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        Child.stop(process, grace: 5)
         notify.close()
     }
 
     var log: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }
 
-    func waitReady() throws {
-        _ = try notify.wait(for: "READY=1")
+    /// Waits for READY=1 (at most `timeout` seconds); fails at once, with the
+    /// daemon's log, when the daemon exits first.
+    func waitReady(timeout: Double = 10) throws {
+        try waitNotify("READY=1", timeout: timeout)
+    }
+
+    /// Sends SIGHUP and waits for the READY=1 that ends the reload (the
+    /// daemon sends RELOADING=1, reloads, logs the outcome, then READY=1).
+    func reload(timeout: Double = 10) throws {
+        let readyBefore = notify.messages.filter { $0.contains("READY=1") }.count
+        let reloadingBefore = notify.messages.filter { $0.contains("RELOADING=1") }.count
+        signal(SIGHUP)
+        try waitNotify("RELOADING=1", count: reloadingBefore + 1, timeout: timeout)
+        try waitNotify("READY=1", count: readyBefore + 1, timeout: timeout)
+    }
+
+    /// Waits for the `count`-th sd_notify message containing `text`.
+    @discardableResult
+    func waitNotify(_ text: String, count: Int = 1, timeout: Double = 10) throws -> String {
+        do {
+            return try notify.wait(for: text, count: count, timeout: timeout, giveUp: { [process] in !process.isRunning })
+        } catch {
+            guard !process.isRunning else { throw error }
+            throw PeerError(description: "tcptop-exporter \(Child.ending(process)) before sd_notify \(text) (got \(notify.messages)); "
+                                + "its log: \(log.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+    }
+
+    /// Scrapes until `condition` holds for the samples (every 50 ms, at most
+    /// `timeout` seconds); returns them. Throws with `what` when it never holds.
+    @discardableResult
+    func waitForMetrics(_ what: String, timeout: Double = 10, _ condition: ([ParsedSample]) -> Bool) throws -> [ParsedSample] {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let samples = try metrics()
+            if condition(samples) { return samples }
+            guard Date() < deadline else { throw PeerError(description: "no scrape showed \(what) within \(timeout) s") }
+            usleep(50_000)
+        }
     }
 
     /// GET over a real socket; returns (status line, headers, body).
@@ -57,10 +92,13 @@ final class ExporterProcess {
 
     func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
+    /// The exit status, once the daemon exited (at most `timeout` seconds;
+    /// past it the daemon is killed and an error thrown).
     func waitExit(timeout: Double = 10) throws -> Int32 {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        guard !process.isRunning else { throw PeerError(description: "daemon did not exit within \(timeout) s") }
+        guard Child.waitExit(process, timeout: timeout) else {
+            Child.stop(process, grace: 1)
+            throw PeerError(description: "tcptop-exporter did not exit within \(timeout) s; its log: \(log)")
+        }
         return process.terminationStatus
     }
 
@@ -107,8 +145,10 @@ struct HTTPReply {
         let family = host.contains(":") ? AF_INET6 : AF_INET
         let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
+        // Every send and receive below is bounded (the connect is to loopback: refused or accepted at once).
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let connected: Int32
         if family == AF_INET {
             var address = sockaddr_in()
@@ -134,7 +174,13 @@ struct HTTPReply {
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let count = recv(fd, &buffer, buffer.count, 0)
-            if count <= 0 { break }
+            if count == 0 { break }
+            if count < 0 {
+                if errno == EINTR { continue }
+                if errno == ECONNRESET && !reply.isEmpty { break }
+                throw PeerError(description: "reading the reply from \(host):\(port): "
+                                    + (errno == EAGAIN ? "nothing within 10 s" : String(cString: strerror(errno))))
+            }
             reply += buffer[0..<count]
         }
         return reply

@@ -53,15 +53,26 @@ final class NotifySocket: @unchecked Sendable {
         Glibc.close(fd)
     }
 
-    /// Waits until a message containing `text` arrives; returns that message.
-    func wait(for text: String, timeout: Double = 10) throws -> String {
+    /// Waits until the `count`-th message containing `text` arrives (at
+    /// most `timeout` seconds) and returns it. `giveUp` is asked every 100 ms
+    /// (e.g. "has the sender exited?"): when it says so, the wait ends early.
+    func wait(for text: String, count: Int = 1, timeout: Double = 10, giveUp: () -> Bool = { false }) throws -> String {
         let deadline = Date().addingTimeInterval(timeout)
         lock.lock()
         defer { lock.unlock() }
+        var end = deadline
         while true {
-            if let message = received.first(where: { $0.contains(text) }) { return message }
-            guard lock.wait(until: deadline) else {
-                throw PeerError(description: "no sd_notify message with \(text) within \(timeout) s; got \(received)")
+            let matching = received.filter { $0.contains(text) }
+            if matching.count >= count { return matching[count - 1] }
+            let now = Date()
+            guard now < end else {
+                throw PeerError(description: end < deadline
+                    ? "gave up waiting for sd_notify message #\(count) with \(text); got \(received)"
+                    : "no sd_notify message #\(count) with \(text) within \(timeout) s; got \(received)")
+            }
+            if !lock.wait(until: min(end, now.addingTimeInterval(0.1))) && end == deadline && giveUp() {
+                // What the sender sent before it gave up may still be in the socket: a last moment for it.
+                end = min(deadline, Date().addingTimeInterval(0.3))
             }
         }
     }

@@ -41,7 +41,8 @@ struct TcptopTests {
                                    "--send", "409600", "--receive", "0"])
         try client.waitFor("HOLDING")
         try server.waitFor("HOLDING")
-        usleep(2_500_000)  // two or more intervals pass with the connection open and idle
+        // Two more intervals pass with the connection open and idle.
+        try top.waitForIntervals(top.intervalsSoFar + 2)
         client.release()
         server.release()
         try client.waitFor("DONE")
@@ -79,7 +80,7 @@ struct TcptopTests {
         try #require(mkdir(directory, 0o755) == 0 || errno == EEXIST, "mkdir \(directory)")
         defer { rmdir(directory) }
         let server = try LinePeer(["serve", "--family", "4", "--name", "tt-cg-srv", "--receive", "102400", "--send", "204800"])
-        defer { if server.process.isRunning { server.process.terminate(); server.process.waitUntilExit() } }
+        defer { Child.stop(server.process) }  // before the rmdir: a cgroup with a process in it stays
         let (serverPID, serverPort) = try server.readReady()
         try "\(serverPID)\n".write(toFile: directory + "/cgroup.procs", atomically: false, encoding: .utf8)
 
@@ -211,9 +212,10 @@ struct TcptopTests {
     }
 }
 
-/// The cgroup v2 mount point, from /proc/mounts.
+/// The cgroup v2 mount point, from /proc/mounts (read to its end: a /proc
+/// file has no size, and String(contentsOfFile:) stops after its first page).
 let cgroup2Mount: String? = {
-    let mounts = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+    let mounts = FileHandle(forReadingAtPath: "/proc/mounts").map { String(decoding: $0.readDataToEndOfFile(), as: UTF8.self) } ?? ""
     for line in mounts.split(separator: "\n") {
         let fields: [Substring] = line.split(separator: " ")
         if fields.count > 2 && fields[2] == "cgroup2" { return String(fields[1]) }
@@ -221,11 +223,11 @@ let cgroup2Mount: String? = {
     return nil
 }()
 
-/// A running tcptop with its stdout read line by line.
+/// A running tcptop with its stdout read line by line; every wait is
+/// bounded, and deinit ends a tcptop still running (SIGTERM, then SIGKILL).
 final class TcptopRun {
     let process = Process()
-    private let out = Pipe(), err = Pipe()
-    private var buffer: [UInt8] = []
+    private let out = PipeReader(), err = PipeReader()
 
     init(_ arguments: [String], asNobody: Bool = false) throws {
         if asNobody {
@@ -235,46 +237,55 @@ final class TcptopRun {
             process.executableURL = URL(fileURLWithPath: TcptopTests.binary)
             process.arguments = arguments
         }
-        process.standardOutput = out
-        process.standardError = err
+        process.standardOutput = out.pipe
+        process.standardError = err.pipe
         process.standardInput = FileHandle.nullDevice
         try process.run()
     }
 
-    deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
+    deinit { Child.stop(process) }
+
+    /// Waits (at most `timeout` seconds) for the first line; the tracer is
+    /// attached (or the baseline fetched) by then. Fails at once, with
+    /// tcptop's stderr, when it exits first.
+    func waitForTracing(timeout: Double = 20) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        let arrived = PipeReader.read([out], until: deadline) { out.buffer.contains(UInt8(ascii: "\n")) }
+        guard out.buffer.contains(UInt8(ascii: "\n")) else {
+            throw failure(arrived ? "ended before its first line" : "printed no line within \(timeout) s")
+        }
+        let first = String(decoding: out.buffer.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+        guard first.hasPrefix("Tracing... Output every") else { throw failure("printed \(first.debugDescription) first") }
+    }
+
+    /// Interval screens printed so far (each has a summary line unless -S).
+    var intervalsSoFar: Int { TcptopOutput(status: 0, stdout: out.text, stderr: "").intervals }
+
+    /// Waits (at most `timeout` seconds) until `count` interval screens are printed.
+    func waitForIntervals(_ count: Int, timeout: Double = 15) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        _ = PipeReader.read([out], until: deadline) { intervalsSoFar >= count }
+        guard intervalsSoFar >= count else {
+            throw failure("printed \(intervalsSoFar) of \(count) intervals within \(timeout) s")
         }
     }
 
-    /// Waits for the first line; the tracer is attached (or the baseline fetched) by then.
-    func waitForTracing() throws {
-        while true {
-            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: buffer[..<newline], as: UTF8.self)
-                guard line.hasPrefix("Tracing... Output every") else { throw PeerError(description: "tcptop printed \(line)") }
-                return
-            }
-            let data = out.fileHandleForReading.availableData
-            if data.isEmpty {
-                throw PeerError(description: "tcptop exited: \(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
-            }
-            buffer += data
-        }
-    }
-
+    /// Reads stdout and stderr to their end and waits for the exit, at most
+    /// `timeout` seconds; past it, tcptop is ended and an error thrown.
     func finish(timeout: Double = 30) throws -> TcptopOutput {
         let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        guard !process.isRunning else {
-            process.terminate()
-            throw PeerError(description: "tcptop did not exit within \(timeout) s")
-        }
-        buffer += out.fileHandleForReading.readDataToEndOfFile()
-        return TcptopOutput(
-            status: process.terminationStatus, stdout: String(decoding: buffer, as: UTF8.self),
-            stderr: String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        guard PipeReader.read([out, err], until: deadline),
+            Child.waitExit(process, timeout: max(0, deadline.timeIntervalSinceNow))
+        else { throw failure("did not exit within \(timeout) s") }
+        return TcptopOutput(status: process.terminationStatus, stdout: out.text, stderr: err.text)
+    }
+
+    /// Ends tcptop and describes what went wrong, with what it printed.
+    private func failure(_ what: String) -> PeerError {
+        Child.stop(process)
+        _ = PipeReader.read([out, err], until: Date().addingTimeInterval(2))
+        return PeerError(description: "tcptop \(process.arguments ?? []) \(what) (\(Child.ending(process))); "
+                             + "stdout: \(out.text.debugDescription) stderr: \(err.text.debugDescription)")
     }
 }
 

@@ -17,6 +17,7 @@ enum TrafficPeers {
     }
 
     /// One client–server exchange, run to completion (both processes exited).
+    /// Every step is bounded (see LinePeer); a failure ends both peers.
     static func exchange(family: String, clientName: String, serverName: String,
                          clientSends: UInt64, serverSends: UInt64, peek: Bool = false, seed: Int = 1) throws -> Exchange {
         let server = try LinePeer(["serve", "--family", family, "--name", serverName,
@@ -36,52 +37,161 @@ enum TrafficPeers {
 
 struct PeerError: Error, CustomStringConvertible { let description: String }
 
-/// A child process whose stdout is read line by line. With `hold`, the
-/// peer keeps its connection open after the transfer until `release()`.
+// MARK: - Child processes with bounded waits
+
+/// Waiting for and ending the tests' child processes; no wait
+/// here is unbounded.
+enum Child {
+    /// Waits at most `timeout` seconds for `process` to exit; true once it has.
+    @discardableResult
+    static func waitExit(_ process: Process, timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning {
+            if Date() >= deadline { return false }
+            usleep(10_000)
+        }
+        return true
+    }
+
+    /// Ends `process` if it still runs: SIGTERM, then SIGKILL after `grace`
+    /// seconds. Returns within grace + 5 s whatever the child does. (A child
+    /// may well ignore SIGTERM: Foundation passes the starting thread's
+    /// signal mask on, and the test threads, Dispatch workers, block SIGTERM,
+    /// SIGINT, SIGHUP and more.)
+    static func stop(_ process: Process, grace: Double = 2) {
+        guard process.isRunning, process.processIdentifier > 0 else { return }
+        kill(process.processIdentifier, SIGTERM)
+        if waitExit(process, timeout: grace) { return }
+        kill(process.processIdentifier, SIGKILL)
+        waitExit(process, timeout: 5)
+    }
+
+    /// "exited with status N" / "killed by signal N" / "still running".
+    static func ending(_ process: Process) -> String {
+        if process.isRunning { return "still running" }
+        return process.terminationReason == .uncaughtSignal
+            ? "killed by signal \(process.terminationStatus)" : "exited with status \(process.terminationStatus)"
+    }
+}
+
+/// One end of a child's output pipe, read with poll(2) so that no read
+/// blocks past its deadline.
+final class PipeReader {
+    let pipe = Pipe()
+    private(set) var buffer: [UInt8] = []
+    private(set) var atEnd = false
+    private var fd: Int32 { pipe.fileHandleForReading.fileDescriptor }
+
+    var text: String { String(decoding: buffer, as: UTF8.self) }
+
+    /// Reads from every reader not at its end until `deadline`, until
+    /// `done()` holds or every one reached its end. False on timeout.
+    static func read(_ readers: [PipeReader], until deadline: Date, done: () -> Bool = { false }) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !done() {
+            let open = readers.filter { !$0.atEnd }
+            if open.isEmpty { return true }
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return false }
+            var fds = open.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&fds, nfds_t(fds.count), Int32(min(left * 1000 + 1, 1000)))
+            if ready < 0 && errno != EINTR { return false }
+            for (reader, polled) in zip(open, fds) where polled.revents != 0 {
+                let count = Glibc.read(reader.fd, &chunk, chunk.count)
+                if count > 0 {
+                    reader.buffer += chunk[..<count]
+                } else if count == 0 || (errno != EINTR && errno != EAGAIN) {
+                    reader.atEnd = true
+                }
+            }
+        }
+        return true
+    }
+
+    /// The next line, without its newline: nil at the end of the stream
+    /// (an unterminated rest stays in `buffer`). Throws past the deadline.
+    func readLine(until deadline: Date) -> ReadLine {
+        var newline: Int? { buffer.firstIndex(of: UInt8(ascii: "\n")) }
+        guard Self.read([self], until: deadline, done: { newline != nil }) else { return .timedOut }
+        guard let end = newline else { return .end }
+        let line = String(decoding: buffer[..<end], as: UTF8.self)
+        buffer.removeSubrange(...end)
+        return .line(line)
+    }
+
+    enum ReadLine: Equatable { case line(String), end, timedOut }
+
+    /// Whatever is left up to the end of the stream, read for at most `timeout` seconds.
+    func rest(timeout: Double = 2) -> String {
+        _ = Self.read([self], until: Date().addingTimeInterval(timeout))
+        return text
+    }
+}
+
+// MARK: - Traffic peers
+
+/// A traffic_peer.py child whose stdout is read line by line, every read
+/// bounded by a deadline: past it, or when the peer ends early, the peer is
+/// ended and a PeerError says what was awaited, with the peer's stderr.
+/// With `hold`, the peer keeps its connection open after the transfer
+/// until `release()`. Deinit ends a peer still running (SIGTERM, SIGKILL).
 final class LinePeer {
+    /// Seconds one line may take (traffic_peer.py's own bound is 60 s per
+    /// wait; this one is shorter so that the test, not the peer, reports).
+    static let lineTimeout: Double = 30
+
     let process = Process()
-    private let output = Pipe()
-    private let input = Pipe()
-    private var buffer: [UInt8] = []
+    private let output = PipeReader()
+    private let errors = PipeReader()
+    /// The test's end of a socket pair that is the peer's stdin (for --hold):
+    /// a send to a peer that is gone fails with EPIPE instead of raising SIGPIPE.
+    private var control: Int32 = -1
+    private let name: String
 
     init(_ arguments: [String], hold: Bool = false) throws {
+        let nameIndex = arguments.firstIndex(of: "--name").map { $0 + 1 }
+        name = "traffic peer \(arguments.first ?? "") \(nameIndex.flatMap { arguments.indices.contains($0) ? arguments[$0] : nil } ?? "")"
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = [TrafficPeers.script] + arguments + (hold ? ["--hold"] : [])
-        process.standardOutput = output
-        process.standardInput = hold ? input : FileHandle.nullDevice
+        process.standardOutput = output.pipe
+        process.standardError = errors.pipe
+        var peerInput: FileHandle?
+        if hold {
+            var pair: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+                throw PeerError(description: "socketpair: \(String(cString: strerror(errno)))")
+            }
+            control = pair[0]
+            peerInput = FileHandle(fileDescriptor: pair[1], closeOnDealloc: true)
+        }
+        process.standardInput = peerInput ?? FileHandle.nullDevice
         try process.run()
+        try? peerInput?.close()
     }
 
     deinit {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        Child.stop(process)
+        if control >= 0 { close(control) }
     }
 
-    func release() { input.fileHandleForWriting.write(Data("\n".utf8)) }
-
-    func waitFor(_ expected: String) throws {
-        let line = try readLine()
-        guard line == expected else { throw PeerError(description: "expected \(expected), peer said \(line)") }
-        if expected == "DONE" { process.waitUntilExit() }
+    /// Lets a --hold peer close its connection and finish.
+    func release() {
+        _ = send(control, "\n", 1, Int32(MSG_NOSIGNAL))
     }
 
-    func readLine() throws -> String {
-        while true {
-            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: buffer[..<newline], as: UTF8.self)
-                buffer.removeSubrange(...newline)
-                return line
-            }
-            let data = output.fileHandleForReading.availableData
-            if data.isEmpty { throw PeerError(description: "peer \(process.arguments ?? []) exited early") }
-            buffer += data
-        }
+    /// Reads the next line and checks it is `expected`; after "DONE", waits for a clean exit.
+    func waitFor(_ expected: String, timeout: Double = LinePeer.lineTimeout) throws {
+        if expected == "DONE" { return try waitDone(timeout: timeout) }
+        let line = try readLine(awaiting: expected, timeout: timeout)
+        guard line == expected else { throw failure("said \(line.debugDescription) while \(expected) was expected") }
     }
 
-    func readReady() throws -> (UInt32, UInt16) {
-        let line = try readLine()
+    func readLine(timeout: Double = LinePeer.lineTimeout) throws -> String {
+        try readLine(awaiting: "its next line", timeout: timeout)
+    }
+
+    func readReady(timeout: Double = LinePeer.lineTimeout) throws -> (UInt32, UInt16) {
+        let line = try readLine(awaiting: "READY", timeout: timeout)
         var fields: [String: String] = [:]
         for part in line.split(separator: " ").dropFirst() {
             let pair = part.split(separator: "=", maxSplits: 1)
@@ -89,16 +199,36 @@ final class LinePeer {
         }
         guard line.hasPrefix("READY"), let pid = fields["pid"].flatMap({ UInt32($0) }),
             let port = fields["port"].flatMap({ UInt16($0) })
-        else { throw PeerError(description: "unexpected peer line: \(line)") }
+        else { throw failure("said \(line.debugDescription) while READY was expected") }
         return (pid, port)
     }
 
-    func waitDone() throws {
-        let line = try readLine()
-        process.waitUntilExit()
-        if line != "DONE" || process.terminationStatus != 0 {
-            throw PeerError(description: "peer ended with \(line), status \(process.terminationStatus)")
+    /// Reads "DONE" and waits for the peer to exit 0.
+    func waitDone(timeout: Double = LinePeer.lineTimeout) throws {
+        let line = try readLine(awaiting: "DONE", timeout: timeout)
+        let exited = Child.waitExit(process, timeout: 10)
+        guard line == "DONE", exited, process.terminationReason == .exit, process.terminationStatus == 0 else {
+            throw failure("ended with \(line.debugDescription), \(exited ? Child.ending(process) : "did not exit within 10 s after it")")
         }
+    }
+
+    private func readLine(awaiting what: String, timeout: Double) throws -> String {
+        switch output.readLine(until: Date().addingTimeInterval(timeout)) {
+        case .line(let line): return line
+        case .end:
+            Child.waitExit(process, timeout: 5)
+            throw failure("\(Child.ending(process)) while waiting for \(what)")
+        case .timedOut:
+            throw failure("printed no line within \(timeout) s while waiting for \(what)")
+        }
+    }
+
+    /// Ends the peer and describes what went wrong, with its stderr.
+    private func failure(_ what: String) -> PeerError {
+        Child.stop(process)
+        let stderr = errors.rest().trimmingCharacters(in: .whitespacesAndNewlines)
+        return PeerError(description: "\(name) (pid \(process.processIdentifier)) \(what)"
+                             + (stderr.isEmpty ? "" : "; its stderr: \(stderr)"))
     }
 }
 

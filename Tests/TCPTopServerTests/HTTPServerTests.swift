@@ -160,7 +160,11 @@ import Testing
         defer { server.stop() }
         let client = try TestClient(host: "127.0.0.1", port: server.boundAddresses[0].port, receiveBuffer: 4096)
         client.send("GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
-        usleep(1_000_000)  // Not reading: the server's send blocks until its deadline.
+        // Not reading: the server's send blocks until its deadline, then it closes the connection.
+        let started = ContinuousClock.now
+        #expect(client.waitUntilServerReleasedConnection(serverPort: server.boundAddresses[0].port, timeout: 5),
+                "the server did not let go of the connection within 5 s")
+        #expect(started.duration(to: .now) >= .milliseconds(250))
         var received = 0
         while let count = try? client.readSome(), count > 0 { received += count }
         #expect(received > 0 && received < bodySize)
@@ -172,7 +176,7 @@ import Testing
         let server = try makeServer(configure: { $0.maxConcurrentRequests = 1 }) { router in
             router.get("/slow") { _ in
                 entered.signal()
-                release.wait()
+                _ = release.wait(timeout: .now() + 10)  // bounded even when the test fails before it signals
                 return .text(200, "finally\n")
             }
         }

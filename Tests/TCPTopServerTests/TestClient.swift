@@ -95,6 +95,57 @@ final class TestClient {
         return count
     }
 
+    /// Waits (at most `timeout` seconds) until the server has accepted this
+    /// connection and then let go of it (closed its socket), whether or not
+    /// the client read anything. Seen in /proc/net/tcp{,6}: the server end
+    /// has an inode once accepted (0 while in the accept queue), and inode 0
+    /// again, or is gone, once closed. True once that happened.
+    func waitUntilServerReleasedConnection(serverPort: UInt16, timeout: Double = 5) -> Bool {
+        var address = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { return false }
+        // sin_port and sin6_port are at the same offset, in network byte order.
+        let clientPort = withUnsafeBytes(of: &address) { UInt16($0[2]) << 8 | UInt16($0[3]) }
+        func serverEndOwned() -> Bool {
+            for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+                for line in readProcFile(table).split(separator: "\n").dropFirst() {
+                    let fields = line.split(separator: " ")
+                    func port(_ field: Substring) -> UInt16? { field.split(separator: ":").last.flatMap { UInt16($0, radix: 16) } }
+                    guard fields.count > 9, port(fields[1]) == serverPort, port(fields[2]) == clientPort else { continue }
+                    return fields[9] != "0"
+                }
+            }
+            return false
+        }
+        let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
+        for owned in [false, true] {  // first until accepted, then until released
+            while serverEndOwned() == owned {
+                guard ContinuousClock.now < deadline else { return false }
+                usleep(10_000)
+            }
+        }
+        return true
+    }
+
+    /// A /proc file read whole (it has no size to go by, and may be many pages).
+    private func readProcFile(_ path: String) -> String {
+        let file = open(path, O_RDONLY | O_CLOEXEC)
+        guard file >= 0 else { return "" }
+        defer { close(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(file, &chunk, chunk.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     private func fill() throws {
         var chunk = [UInt8](repeating: 0, count: 65536)
         let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
