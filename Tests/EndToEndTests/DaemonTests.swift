@@ -1,4 +1,5 @@
 import Foundation
+import TCPTopBPF
 import Glibc
 import TCPTopCore
 import Testing
@@ -53,11 +54,16 @@ struct DaemonTests {
         }
         #expect(checked == 8)
         try expectPromtoolAccepts(reply.body)
-        #expect(value(samples, "tcptop_exporter_attach_mode", ["mode": "tp_btf"]) == 1)
+        // auto takes the first plan this kernel allows (AttachModeTests proves each).
+        let expected = try #require(KernelPlans.allowed.first)
+        #expect(value(samples, "tcptop_exporter_attach_mode",
+                      ["mode": expected.hooks.rawValue, "read_path": expected.readPath.rawValue]) == 1)
+        let plan = try #require(AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: KernelHooks.probe()).plans
+            .first { $0.hooks == expected.hooks && $0.readPath == expected.readPath })
         #expect((value(samples, "process_resident_memory_bytes", [:]) ?? 0) > 1_000_000)
 
         let programIDs = bpfProgramIDs(ofProcess: daemon.process.processIdentifier)
-        #expect(programIDs.count == 4, "send, receive, destroy and the socket iterator are loaded")
+        #expect(programIDs.count == plan.programs.count, "the programs of \(plan.name) are loaded")
         daemon.signal(SIGTERM)
         try daemon.waitNotify("STOPPING=1")
         #expect(try daemon.waitExit() == 0)

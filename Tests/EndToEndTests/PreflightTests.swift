@@ -1,3 +1,4 @@
+import Foundation
 @testable import TCPTopBPF
 import Testing
 
@@ -23,12 +24,47 @@ struct PreflightTests {
         }
     }
 
-    @Test func theRunningKernelHasTheHooks() throws {
-        // This machine's kernel (6.18, BTF) has every tracepoint the tp_btf
-        // programs need, and the functions the fexit ones would use.
+    /// What KernelHooks.probe() reads through libbpf, checked against
+    /// bpftool's dump of the same BTF: the facts of whatever kernel this is.
+    @Test func theProbeAgreesWithBpftool() throws {
         let hooks = try KernelHooks.probe()
-        #expect(hooks.sendRecvTracepoints && hooks.destroyTracepoint)
-        #expect(hooks.tcpSendmsgArguments == 3 && hooks.tcpRecvmsgArguments == 4)
-        #expect(hooks.tcpSendpageArguments == nil, "tcp_sendpage is gone since 6.5")
+        let dump = try bpftoolBTFDump()
+        var types: [String: String] = [:] // "[id]" -> line
+        var named: [String: String] = [:] // "KIND 'name'" -> line
+        for line in dump.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 2)
+            guard fields.count >= 3 else { continue }
+            types[String(fields[0])] = String(line)
+            named["\(fields[1]) \(fields[2].split(separator: " ").first ?? "")"] = String(line)
+        }
+        func arguments(_ function: String) -> Int? {
+            guard let line = named["FUNC '\(function)'"],
+                  let id = line.split(separator: " ").first(where: { $0.hasPrefix("type_id=") })?.dropFirst(8),
+                  let proto = types["[\(id)]"],
+                  let vlen = proto.split(separator: " ").first(where: { $0.hasPrefix("vlen=") })?.dropFirst(5)
+            else { return nil }
+            return Int(vlen)
+        }
+        let tracepoints = named["TYPEDEF 'btf_trace_sock_send_length'"] != nil
+            && named["TYPEDEF 'btf_trace_sock_recv_length'"] != nil
+        #expect(hooks.sendRecvTracepoints == tracepoints)
+        #expect(hooks.destroyTracepoint == (named["TYPEDEF 'btf_trace_tcp_destroy_sock'"] != nil))
+        #expect(hooks.tcpSendmsgArguments == arguments("tcp_sendmsg"))
+        #expect(hooks.tcpRecvmsgArguments == arguments("tcp_recvmsg"))
+        #expect(hooks.tcpSendpageArguments == arguments("tcp_sendpage"))
+        #expect(hooks.storageIterator == (named["FUNC 'bpf_iter_bpf_sk_storage_map'"] != nil))
+        print("kernel \(hooks.release): \(hooks)")
+    }
+
+    private func bpftoolBTFDump() throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/bpftool")
+        process.arguments = ["btf", "dump", "file", "/sys/kernel/btf/vmlinux"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile() // bpftool ends by itself: a file dump
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
     }
 }

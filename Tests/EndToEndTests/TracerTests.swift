@@ -138,3 +138,66 @@ struct SharedSocketTests {
         #expect(try tracer.read().connections.filter { $0.id.cookie == child[0].id.cookie }.isEmpty)
     }
 }
+
+/// A connection inside another network namespace, as a container's: both
+/// read paths walk maps, not the reader's socket table, so its bytes are
+/// exact while it is open and after it closed.
+@Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF and network namespaces"))
+struct NetworkNamespaceTests {
+    @Test(arguments: KernelPlans.allowed)
+    func aConnectionInAnotherNamespaceIsExactWhileOpenAndAfterClose(plan: KernelPlans.Combination) throws {
+        let namespace = try TestNamespace()
+        let tracer = try TCPTracer.start(plan.options())
+        let server = try LinePeer(["serve", "--name", "tt-ns-s", "--receive", "70001", "--send", "333"],
+                                  hold: true, netns: namespace.name)
+        let (serverPID, serverPort) = try server.readReady()
+        let client = try LinePeer(["connect", "--name", "tt-ns-c", "--port", "\(serverPort)", "--send", "70001",
+                                   "--receive", "333"], hold: true, netns: namespace.name)
+        let (clientPID, _) = try client.readReady()
+        try client.waitFor("HOLDING")
+        try server.waitFor("HOLDING")
+
+        func check(_ samples: [ConnectionSample], closed: Bool) throws {
+            let clientEnd = samples.filter { $0.id.pid == clientPID }
+            let serverEnd = samples.filter { $0.id.pid == serverPID }
+            try #require(clientEnd.count == 1 && serverEnd.count == 1, "\(plan): \(samples.filter { $0.labels.commText.hasPrefix("tt-ns") })")
+            #expect(clientEnd[0].sentBytes == 70001 && clientEnd[0].receivedBytes == 333, "\(plan)")
+            #expect(serverEnd[0].sentBytes == 333 && serverEnd[0].receivedBytes == 70001, "\(plan)")
+            #expect(clientEnd[0].closed == closed && serverEnd[0].closed == closed)
+            #expect(clientEnd[0].labels.remoteAddress == "127.0.0.1" && clientEnd[0].labels.remotePort == serverPort)
+        }
+        try check(tracer.read().connections, closed: false)
+        client.release()
+        server.release()
+        try client.waitDone()
+        try server.waitDone()
+        try check(tracer.read().connections, closed: true)
+    }
+}
+
+/// A network namespace of the test's own (`ip netns add`, loopback up),
+/// deleted on deinit.
+final class TestNamespace {
+    let name = "tt-ns-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+
+    init() throws {
+        try Self.ip(["netns", "add", name])
+        try Self.ip(["-n", name, "link", "set", "lo", "up"])
+    }
+
+    deinit { try? Self.ip(["netns", "delete", name]) }
+
+    private static func ip(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = arguments
+        try process.run()
+        guard Child.waitExit(process, timeout: 10) else {
+            Child.stop(process)
+            throw PeerError(description: "ip \(arguments.joined(separator: " ")) did not end within 10 s")
+        }
+        guard process.terminationStatus == 0 else {
+            throw PeerError(description: "ip \(arguments.joined(separator: " ")) failed with status \(process.terminationStatus)")
+        }
+    }
+}

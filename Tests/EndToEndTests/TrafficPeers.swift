@@ -148,11 +148,19 @@ final class LinePeer {
     private var control: Int32 = -1
     private let name: String
 
-    init(_ arguments: [String], hold: Bool = false) throws {
+    /// With `netns`, the peer runs in that network namespace (`ip netns exec`
+    /// execs it: the pid is the peer's own).
+    init(_ arguments: [String], hold: Bool = false, netns: String? = nil) throws {
         let nameIndex = arguments.firstIndex(of: "--name").map { $0 + 1 }
         name = "traffic peer \(arguments.first ?? "") \(nameIndex.flatMap { arguments.indices.contains($0) ? arguments[$0] : nil } ?? "")"
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [TrafficPeers.script] + arguments + (hold ? ["--hold"] : [])
+        let command = ["/usr/bin/python3", TrafficPeers.script] + arguments + (hold ? ["--hold"] : [])
+        if let netns {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            process.arguments = ["netns", "exec", netns] + command
+        } else {
+            process.executableURL = URL(fileURLWithPath: command[0])
+            process.arguments = Array(command.dropFirst())
+        }
         process.standardOutput = output.pipe
         process.standardError = errors.pipe
         var peerInput: FileHandle?
