@@ -18,7 +18,14 @@
 # measured figures as "# figure: ...", and last "N passed, N failed"; exits
 # non-zero when a check failed. Logs of the last run: .cache/system-test/logs/.
 #
-# Environment: TCPTOP_SYSTEM_TEST_TIMEOUT (seconds, whole run, default 600),
+# Every wait is bounded: apt (5 + 10 min), the static build (15 min), the
+# root filesystem (15 min, and 15 more for another run's lock), the boot
+# (60 s), each command inside (60 s), each poll of the unit (5-30 s), and the
+# whole run (TCPTOP_SYSTEM_TEST_TIMEOUT); the container and whatever this
+# script started are ended on any exit. Works from a fresh clone: it creates
+# .cache/system-test/ and .build-static/ itself.
+#
+# Environment: TCPTOP_SYSTEM_TEST_TIMEOUT (seconds, whole run, default 1200),
 # TCPTOP_DEBIAN_MIRROR (instead of the one from apt's configuration),
 # TCPTOP_SYSTEM_TEST_UNIT (a unit file to try instead of systemd/tcptop-exporter.service).
 
@@ -31,7 +38,7 @@ root=$(cd "$here/../.." && pwd)
 # trap below reports and cleans up.
 if [ -z "${_TCPTOP_SYSTEM_TEST_TIMED:-}" ]; then
     export _TCPTOP_SYSTEM_TEST_TIMED=1
-    exec timeout -k 30 "${TCPTOP_SYSTEM_TEST_TIMEOUT:-600}" "$0" "$@"
+    exec timeout -k 30 "${TCPTOP_SYSTEM_TEST_TIMEOUT:-1200}" "$0" "$@"
 fi
 
 . "$here/lib.sh"
@@ -58,6 +65,11 @@ finish() {
     trap - EXIT INT TERM
     save_journal
     stop_container
+    # Whatever this script still runs in the background (the traffic job, an
+    # `inside` that was interrupted), by pid.
+    local jobs_left
+    jobs_left=$(jobs -p)
+    [ -n "$jobs_left" ] && kill $jobs_left 2>/dev/null
     [ -n "$stage" ] && rm -rf "$stage"
     echo "$PASSED passed, $FAILED failed"
     [ "$FAILED" -eq 0 ] && [ "$status" -eq 0 ] && exit 0
@@ -70,7 +82,10 @@ if [ "$(id -u)" -ne 0 ]; then
     not_ok "setup" "needs root (BPF, systemd-nspawn)"
     exit 1
 fi
-mkdir -p "$logs"
+if ! mkdir -p "$logs"; then
+    not_ok "setup" "cannot create $logs"
+    exit 1
+fi
 rm -f "$logs"/*
 
 # --- host: packages, the daemon, the root filesystem --------------------------
@@ -81,7 +96,7 @@ if ! ensure_host_packages "${host_packages[@]}"; then
 fi
 
 started=$(now_ns)
-if ! (cd "$root" && swift build -c release --static-swift-stdlib --product tcptop-exporter \
+if ! (cd "$root" && timeout -k 30 900 swift build -c release --static-swift-stdlib --product tcptop-exporter \
     --scratch-path .build-static) >"$logs/swift-build.txt" 2>&1; then
     not_ok "daemon built with the Swift stdlib linked statically" "swift build failed: $(tail -5 "$logs/swift-build.txt")"
     exit 1

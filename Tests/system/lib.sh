@@ -33,7 +33,8 @@ seconds_since() {
     printf '%d.%03d' $((elapsed / 1000000000)) $((elapsed / 1000000 % 1000))
 }
 
-# Installs the Debian packages this test needs on the host, if missing.
+# Installs the Debian packages this test needs on the host, if missing
+# (bounded: 5 min for the index, 10 for the install, 2 for dpkg's lock).
 ensure_host_packages() {
     local missing="" package
     for package in "$@"; do
@@ -41,7 +42,9 @@ ensure_host_packages() {
     done
     [ -z "$missing" ] && return 0
     note "installing on the host:$missing"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    timeout 300 apt-get -o DPkg::Lock::Timeout=120 update -qq &&
+        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get -o DPkg::Lock::Timeout=120 \
+            install -y -qq --no-install-recommends $missing >/dev/null
 }
 
 # The Debian mirror this machine's apt uses, read from its configuration at
@@ -81,7 +84,8 @@ debian_mirror() {
 # filesystem with these packages, built once (mmdebstrap) into
 # CACHE_DIR/rootfs-<key>, where the key hashes everything that shapes it.
 # Sets ROOTFS_BUILT_NOW (yes/no) and ROOTFS_BUILD_SECONDS (of the build that
-# made it, now or earlier).
+# made it, now or earlier). Bounded: 15 min for another run's build (the lock),
+# 15 min for mmdebstrap.
 ROOTFS_RECIPE_VERSION=1
 ensure_rootfs() {
     local cache=$1 suite=$2
@@ -95,7 +99,10 @@ ensure_rootfs() {
     [ -x "$ROOTFS/usr/lib/systemd/systemd" ] && ROOTFS_BUILT_NOW=no
     mkdir -p "$cache"
     (
-        flock 9
+        flock -w 900 9 || {
+            echo "another run has held $cache/.lock for 15 min" >&2
+            exit 1
+        }
         [ -x "$ROOTFS/usr/lib/systemd/systemd" ] && exit 0
         mirror=${TCPTOP_DEBIAN_MIRROR:-$(debian_mirror)} || {
             echo "no Debian mirror found in this machine's apt configuration" >&2
@@ -106,7 +113,7 @@ ensure_rootfs() {
         started=$(now_ns)
         note "building the $suite root filesystem from $mirror (once; cached in $ROOTFS)"
         # An empty /etc/fstab: with a root entry the container comes up "degraded".
-        if ! mmdebstrap --variant=minbase --include="$packages" \
+        if ! timeout -k 30 900 mmdebstrap --variant=minbase --include="$packages" \
             --customize-hook=': > "$1/etc/fstab"' \
             "$suite" "$partial" "$mirror" >"$cache/mmdebstrap.log" 2>&1; then
             tail -20 "$cache/mmdebstrap.log" >&2
@@ -128,7 +135,8 @@ CONTAINER_PID=""
 
 # boot_container ROOTFS MACHINE STAGE LOGFILE: boots ROOTFS with systemd as
 # PID 1 (writes go to a tmpfs overlay, the cached tree stays clean), with its
-# own network namespace, STAGE bound read-only at /opt/tcptop-stage.
+# own network namespace, STAGE bound read-only at /opt/tcptop-stage. Fails
+# when its manager does not answer within 60 s.
 boot_container() {
     local rootfs=$1 machine=$2 stage=$3 log=$4
     # --register=no --keep-unit: there is no systemd/machined on the host.
@@ -138,8 +146,8 @@ boot_container() {
         --private-network --console=read-only \
         --bind-ro="$stage:/opt/tcptop-stage" </dev/null >"$log" 2>&1 &
     NSPAWN_PID=$!
-    local _ child
-    for _ in $(seq 200); do
+    local child deadline=$((SECONDS + 60))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         kill -0 "$NSPAWN_PID" 2>/dev/null || return 1
         # The container's PID 1 (nspawn's other children are short-lived helpers).
         CONTAINER_PID=""
@@ -149,7 +157,7 @@ boot_container() {
         done
         # Its manager answers on its private socket.
         if [ -n "$CONTAINER_PID" ] && [ -S "/proc/$CONTAINER_PID/root/run/systemd/private" ] &&
-            timeout 5 nsenter -t "$CONTAINER_PID" -a -- systemd-run --wait --quiet --collect -- /bin/true \
+            timeout -k 2 5 nsenter -t "$CONTAINER_PID" -a -- systemd-run --wait --quiet --collect -- /bin/true \
                 </dev/null >/dev/null 2>&1; then
             return 0
         fi
@@ -178,7 +186,7 @@ stop_container() {
 # (INSIDE_TIMEOUT to change). Runs in the background and is waited for so
 # that a signal to this script is handled at once.
 inside() {
-    timeout "${INSIDE_TIMEOUT:-60}" nsenter -t "$CONTAINER_PID" -a -- \
+    timeout -k 5 "${INSIDE_TIMEOUT:-60}" nsenter -t "$CONTAINER_PID" -a -- \
         systemd-run --wait --pipe --quiet --collect -- "$@" </dev/null &
     wait $!
 }

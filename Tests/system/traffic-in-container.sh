@@ -13,12 +13,27 @@
 #                   TAG FAMILY SERVER_PID SERVER_PORT CLIENT_PID CLIENT_PORT CLIENT_SENDS SERVER_SENDS
 # STATE_DIR/release created by the host: the peers close and exit.
 # STATE_DIR/done    written once every peer printed DONE.
+#
+# Every wait is bounded: 20 s for each line a peer should print, 60 s for the
+# release, and the peers bound their own waits (traffic_peer.py --timeout,
+# --deadline). On any exit, peers still running are ended.
 set -euo pipefail
 
 peer=$1
 dir=$2
 rm -rf "$dir"
 mkdir -p "$dir"
+
+# The peers' pids ($! of each pipeline is its python) and the release_line
+# subshells (jobs -p): ended on exit, by pid.
+peer_pids=()
+end_peers() {
+    local left
+    left="${peer_pids[*]} $(jobs -p | paste -sd' ' -)"
+    [ -n "${left// /}" ] && { kill $left 2>/dev/null || true; }
+    return 0
+}
+trap end_peers EXIT
 
 # Prints a line on stdout once $dir/release exists (bounded), for --hold.
 release_line() {
@@ -45,10 +60,12 @@ exchange() {
     local tag=$1 family=$2 client_sends=$3 server_sends=$4 server_port
     release_line | python3 "$peer" serve --family "$family" --name "tt-$tag-srv" \
         --receive "$client_sends" --send "$server_sends" --hold >"$dir/$tag.server" 2>&1 &
+    peer_pids+=("$!")
     wait_for "$dir/$tag.server" '^READY '
     server_port=$(sed -n 's/^READY pid=[0-9]* port=\([0-9]*\)$/\1/p' "$dir/$tag.server")
     release_line | python3 "$peer" connect --family "$family" --name "tt-$tag-cli" --port "$server_port" \
         --send "$client_sends" --receive "$server_sends" --seed 7 --hold >"$dir/$tag.client" 2>&1 &
+    peer_pids+=("$!")
     wait_for "$dir/$tag.client" '^HOLDING'
     wait_for "$dir/$tag.server" '^HOLDING'
     echo "$tag $family" \
@@ -67,6 +84,9 @@ for tag in v4 v6; do
         wait_for "$dir/$tag.$side" '^DONE'
     done
 done
+# Every peer printed DONE, so each is exiting; each release_line ends within
+# 0.1 s of the release.
 wait
+peer_pids=()
 touch "$dir/done"
 echo DONE
