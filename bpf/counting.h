@@ -56,6 +56,27 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+/* Numbers unique for the loaded program without an atomic fetch-and-add:
+ * its result needs BPF_FETCH (Linux >= 5.12), and the object is built for
+ * BPF CPU v2 (Plugins/BPFCompiler) so that 5.10 loads it. The n-th number
+ * taken on CPU c is n * cpus + c. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TCPTOP_COUNTER_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} per_cpu_counters SEC(".maps");
+
+static __always_inline __u64 take_number(__u32 counter)
+{
+	__u64 *taken = bpf_map_lookup_elem(&per_cpu_counters, &counter);
+	if (!taken)
+		return ~0ULL;
+	__u64 number = *taken * settings.cpus + bpf_get_smp_processor_id();
+	*taken += 1; /* per-CPU: no other writer */
+	return number;
+}
+
 static __always_inline void add_stat(__u32 index, __u64 amount)
 {
 	__u64 *slot = bpf_map_lookup_elem(&stats, &index);

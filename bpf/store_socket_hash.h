@@ -3,7 +3,7 @@
  * the whole hash with BPF_MAP_LOOKUP_BATCH: no iterator program, so it works
  * where the kernel refuses map iterators, with any hook kind (raw_tp and
  * kprobe have no typed socket pointer, so no socket storage), and in every
- * network namespace. Its "cookie" is a number from next_connection_id (the
+ * network namespace. Its "cookie" is a number from take_number() (the
  * socket cookie helper needs a typed socket): unique for the loaded program,
  * so a reused socket address is a new connection end. At close the entry
  * moves to "closed_conns"; if that is full it stays here marked closed, and
@@ -18,9 +18,6 @@ struct {
 	__type(value, struct tcptop_sock_value);
 } sk_owners SEC(".maps");
 
-/* 0 is never handed out. */
-__u64 next_connection_id = 0;
-
 static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value *owned, __u32 tgid, int ret,
 				      bool is_send)
 {
@@ -28,7 +25,7 @@ static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value 
 		__u64 key = (__u64)sk;
 		struct tcptop_sock_value initial = {};
 		read_connection(sk, &initial.conn);
-		initial.cookie = __sync_fetch_and_add(&next_connection_id, 1) + 1;
+		initial.cookie = take_number(TCPTOP_COUNTER_CONNECTION_IDS) + 1;
 		initial.owner_tgid = tgid;
 		if (is_send)
 			initial.conn.sent_bytes = ret;

@@ -26,10 +26,11 @@ static __noinline int count_storage_slow(struct sock *sk, struct tcptop_sock_val
 					 bool is_send)
 {
 	if (!owned) {
-		if (__sync_fetch_and_add(&live_sockets, 1) >= settings.socket_capacity) {
-			__sync_fetch_and_sub(&live_sockets, 1);
+		/* A soft bound (no atomic fetch in BPF CPU v2): CPUs creating
+		 * storage at the same instant may pass it together. */
+		if (live_sockets >= settings.socket_capacity)
 			return unattributed(ret, is_send);
-		}
+		__sync_fetch_and_add(&live_sockets, 1);
 		struct tcptop_sock_value initial = {};
 		read_connection(sk, &initial.conn);
 		initial.cookie = bpf_get_socket_cookie(sk);
@@ -37,7 +38,7 @@ static __noinline int count_storage_slow(struct sock *sk, struct tcptop_sock_val
 		owned = bpf_sk_storage_get(&sockets, sk, &initial, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!owned) {
 			/* Another CPU created it first, or no memory. */
-			__sync_fetch_and_sub(&live_sockets, 1);
+			__sync_fetch_and_add(&live_sockets, -1); /* a sub would need BPF_FETCH in CPU v2 */
 			owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
 			if (!owned)
 				return unattributed(ret, is_send);
@@ -66,7 +67,7 @@ static __always_inline void close_storage(struct sock *sk)
 	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
 	if (!owned)
 		return;
-	__sync_fetch_and_sub(&live_sockets, 1);
+	__sync_fetch_and_add(&live_sockets, -1); /* a sub would need BPF_FETCH in CPU v2 */
 	if (!hand_over(owned)) {
 		/* "closed_conns" is full: user space keeps what the iterator
 		 * last handed it, and the bytes since then count as unattributed. */

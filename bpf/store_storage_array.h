@@ -7,7 +7,7 @@
  * call; it sees every network namespace, like the other read paths.
  *
  * A slot's life: taken from "free_slots" (or, while there are never-used
- * slots, from the "fresh_slots" count), filled, then LIVE once the socket's
+ * slots, numbered by take_number()), filled, then LIVE once the socket's
  * storage points at it; CLOSED at tcp_destroy_sock; user space takes its
  * final counts, marks it FREE and pushes it back on "free_slots". So the
  * final counts need no second map, and a close never finds one full: with
@@ -46,14 +46,6 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } free_slots SEC(".maps");
 
-/* Slots ever taken fresh: user space reads slots below it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} fresh_slots SEC(".maps");
-
 static __always_inline struct tcptop_slot *slot_of(struct tcptop_slot_ref *ref)
 {
 	__u32 index = ref->slot;
@@ -68,14 +60,12 @@ static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *
 		return count_shared(sk, ref->cookie, &ref->shared, tgid, ret, is_send);
 	__u32 index;
 	if (bpf_map_pop_elem(&free_slots, &index)) {
-		__u32 zero = 0;
-		__u64 *fresh = bpf_map_lookup_elem(&fresh_slots, &zero);
-		if (!fresh)
+		/* Never-used slots are shared out among CPUs (take_number):
+		 * user space reads up to the highest taken. */
+		__u64 fresh = take_number(TCPTOP_COUNTER_FRESH_SLOTS);
+		if (fresh >= settings.slot_count) /* this CPU's share is used up */
 			return unattributed(ret, is_send);
-		__u64 taken = __sync_fetch_and_add(fresh, 1);
-		if (taken >= settings.slot_count) /* every slot in use */
-			return unattributed(ret, is_send);
-		index = taken;
+		index = fresh;
 	}
 	struct tcptop_slot *slot = bpf_map_lookup_elem(&slots, &index);
 	if (!slot)

@@ -92,6 +92,15 @@ struct tcptop_settings {
 	__u32 count_nothing; /* 1: return at once (the benchmark's cost floor) */
 	__u32 read_path; /* enum tcptop_read_path */
 	__u32 slot_count; /* storage_array: entries of "slots" */
+	__u32 cpus; /* possible CPUs: numbers taken per CPU (take_number) */
+	__u32 pad;
+};
+
+/* Indexes into the per-CPU "per_cpu_counters" array. */
+enum tcptop_counter {
+	TCPTOP_COUNTER_CONNECTION_IDS = 0, /* socket_hash: ids in place of cookies */
+	TCPTOP_COUNTER_FRESH_SLOTS = 1, /* storage_array: slots never used before */
+	TCPTOP_COUNTER_COUNT = 2,
 };
 
 /* Where the owners' counters live and how user space reads them. */
@@ -119,7 +128,7 @@ enum tcptop_slot_state {
 	TCPTOP_SLOT_CLOSED = 2, /* final counts: user space takes them, frees the slot */
 };
 
-_Static_assert(sizeof(struct tcptop_settings) == 24, "settings layout");
+_Static_assert(sizeof(struct tcptop_settings) == 32, "settings layout");
 _Static_assert(sizeof(struct tcptop_sock_value) == 104, "socket value layout");
 _Static_assert(sizeof(struct tcptop_conn_record) == 88, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");

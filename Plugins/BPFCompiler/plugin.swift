@@ -35,7 +35,7 @@ struct BPFCompiler: BuildToolPlugin {
         let namesScript = context.package.directoryURL.appending(path: "Plugins/BPFCompiler/object-names.awk")
         let script = """
             set -e
-            "$0" -g -O2 -Wall -target bpf -D__TARGET_ARCH_\(targetArch) \
+            "$0" -g -O2 -Wall -target bpf -mcpu=v2 -D__TARGET_ARCH_\(targetArch) \
               -I/usr/include/\(multiarch) -I"$1" -c "$1/tcptop.bpf.c" -o "$2"
             { printf 'let embeddedBPFObjectBase64 = "'; base64 -w0 "$2"; echo '"'; } > "$3"
             "$4" -t "$2" | awk -f "$6" > "$5"

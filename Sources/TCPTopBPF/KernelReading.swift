@@ -95,11 +95,16 @@ extension TCPTracer {
     /// CLOSED one holds final counts (the key is its index, to free it by).
     private func readStorageArray() throws -> Owners {
         guard let slots else { return ([], []) }
-        var zero: UInt32 = 0, taken: UInt64 = 0
-        let err = bpf_map_lookup_elem(freshSlotsFD, &zero, &taken)
-        if err != 0 { throw TracerError.libbpf("reading the slot count", code: err) }
+        // Fresh slots are numbered n * cpus + cpu (take_number in BPF): the
+        // highest count times the CPUs bounds every slot ever taken.
+        let cpus = Int(libbpf_num_possible_cpus())
+        var key = UInt32(TCPTOP_COUNTER_FRESH_SLOTS.rawValue)
+        var perCPU = [UInt64](repeating: 0, count: max(cpus, 1))
+        let err = bpf_map_lookup_elem(perCPUCountersFD, &key, &perCPU)
+        if err != 0 { throw TracerError.libbpf("reading the slot counts", code: err) }
+        let taken = Int(min(perCPU.max() ?? 0, UInt64(slots.count))) * max(cpus, 1)
         var owners: Owners = ([], [])
-        for index in 0..<min(Int(taken), slots.count) {
+        for index in 0..<min(taken, slots.count) {
             let slot = slots.slot(index)
             let state = tcptop_load_acquire_u32(slots.state(index))
             guard state != TCPTOP_SLOT_FREE.rawValue else { continue }

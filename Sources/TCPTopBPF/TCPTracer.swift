@@ -58,7 +58,7 @@ public final class TCPTracer {
     /// that say which are in use.
     let slots: SlotMapping?
     let freeSlotsFD: Int32
-    let freshSlotsFD: Int32
+    let perCPUCountersFD: Int32
     /// Labels already built, by connection: most reads see the same
     /// connections again, and building address text is the costly part.
     var labelCache: [ConnectionID: ConnectionLabels] = [:]
@@ -156,7 +156,7 @@ public final class TCPTracer {
             closedConnectionsFD = bpf_map__fd(maps[.closedConns]!)
             statsFD = bpf_map__fd(maps[.stats]!)
             freeSlotsFD = bpf_map__fd(maps[.freeSlots]!)
-            freshSlotsFD = bpf_map__fd(maps[.freshSlots]!)
+            perCPUCountersFD = bpf_map__fd(maps[.perCpuCounters]!)
             slots = plan.readPath == .storageArray ? try SlotMapping(map: maps[.slots]!) : nil
         } catch {
             bpf_object__close(object)
@@ -206,7 +206,8 @@ public final class TCPTracer {
         try setSettings(object: object, tcptop_settings(
             target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1,
             socket_capacity: capacity, count_nothing: options.countNothing ? 1 : 0,
-            read_path: readPath.rawValue, slot_count: slotCount))
+            read_path: readPath.rawValue, slot_count: slotCount, cpus: UInt32(max(libbpf_num_possible_cpus(), 1)),
+            pad: 0))
         try selectPrograms(object: object, Set(plan.programs))
         return maps
     }
