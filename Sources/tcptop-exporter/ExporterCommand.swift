@@ -38,6 +38,7 @@ struct ExporterCommand: ParsableCommand {
 
     /// Usage errors are one line and exit 2; --help and --version print and exit 0.
     static func main() {
+        Daemon.blockHandledSignals()
         do {
             var command = try parseAsRoot()
             try command.run()

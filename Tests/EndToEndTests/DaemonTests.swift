@@ -203,6 +203,21 @@ struct DaemonTests {
     }
 }
 
+/// As systemd starts it, with no signal blocked: a SIGHUP sent right after
+/// READY=1 (systemctl reload just after start) is a reload, never lost.
+@Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))
+struct EarlySignalTests {
+    @Test func aReloadRightAfterReadyIsNeverLost() throws {
+        for _ in 0..<8 {
+            let daemon = try ExporterProcess(signalsUnblocked: true)
+            try daemon.waitReady()
+            try daemon.reload(timeout: 5)
+            daemon.signal(SIGTERM)
+            #expect(try daemon.waitExit() == 0)
+        }
+    }
+}
+
 func value(_ samples: [ParsedSample], _ name: String, _ labels: [String: String]) -> Double? {
     samples.first { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }?.value
 }

@@ -14,13 +14,25 @@ final class ExporterProcess {
     private let stderrFile: URL
 
     /// Starts the daemon on a free loopback port; does not wait for READY.
-    init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort(), environment extra: [String: String] = [:]) throws {
+    /// With `signalsUnblocked`, the daemon starts with no signal blocked, as
+    /// systemd starts it (a test thread's mask, which Process passes on,
+    /// blocks SIGHUP and SIGTERM).
+    init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort(), environment extra: [String: String] = [:],
+         signalsUnblocked: Bool = false) throws {
         notify = try NotifySocket()
         self.port = port
         stderrFile = URL(fileURLWithPath: NSTemporaryDirectory() + "tcptop-exporter-\(port).log")
         FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
-        process.executableURL = URL(fileURLWithPath: Self.binary("tcptop-exporter"))
-        process.arguments = ["--web.listen-address=127.0.0.1:\(port)", "--web.listen-address=[::1]:\(port)"] + arguments
+        let command = [Self.binary("tcptop-exporter"), "--web.listen-address=127.0.0.1:\(port)",
+                       "--web.listen-address=[::1]:\(port)"] + arguments
+        if signalsUnblocked {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            process.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])"]
+                + command
+        } else {
+            process.executableURL = URL(fileURLWithPath: command[0])
+            process.arguments = Array(command.dropFirst())
+        }
         var environment = ProcessInfo.processInfo.environment
         environment["NOTIFY_SOCKET"] = notify.path
         environment.merge(extra) { $1 }
