@@ -139,8 +139,8 @@ public struct KernelRefusal: Error, Sendable, Equatable, CustomStringConvertible
         self.code = code
     }
 
-    /// The program's kind, from its ELF section ("tp_btf", "iter", ...).
-    public var kind: String { String(program.section.prefix { $0 != "/" }) }
+    /// The refused program's kind.
+    public var kind: String { program.kind }
 
     /// A refusal of the whole program kind (a policy: every program of that
     /// kind will fail the same way), not of this one program.
@@ -181,7 +181,7 @@ public struct PlanSelection: Sendable {
     public mutating func next() -> AttachPlan? {
         while !remaining.isEmpty {
             let plan = remaining.removeFirst()
-            if !plan.programs.contains(where: { refusedKinds.contains(Self.kind($0)) || refusedPrograms.contains(Self.key($0, plan)) }) {
+            if !plan.programs.contains(where: { refusedKinds.contains($0.kind) || refusedPrograms.contains(Self.key($0, plan)) }) {
                 return plan
             }
         }
@@ -199,6 +199,9 @@ public struct PlanSelection: Sendable {
     private static func key(_ program: BPFProgram, _ plan: AttachPlan) -> String {
         "\(program.rawValue)/\(plan.readPath.rawValue)"
     }
+}
 
-    private static func kind(_ program: BPFProgram) -> String { String(program.section.prefix { $0 != "/" }) }
+extension BPFProgram {
+    /// The program kind, from its ELF section ("tp_btf", "iter", ...).
+    public var kind: String { String(section.prefix { $0 != "/" }) }
 }
