@@ -30,5 +30,4 @@ int tcptop_deflate_init_gzip(z_stream *stream, int level)
  * through a shared mapping: loads and stores the compiler cannot fold,
  * tear or reorder. */
 uint32_t tcptop_load_acquire_u32(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
-uint64_t tcptop_load_acquire_u64(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
 void tcptop_store_release_u32(uint32_t *word, uint32_t value) { __atomic_store_n(word, value, __ATOMIC_RELEASE); }

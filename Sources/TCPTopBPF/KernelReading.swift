@@ -89,10 +89,12 @@ extension TCPTracer {
         return owners
     }
 
-    /// Read path "storage_array": the slots ever taken, read in place. A
-    /// LIVE slot is copied and checked again (same state, same cookie), so a
-    /// slot recycled during the copy is skipped (it is read next time); a
-    /// CLOSED one holds final counts (the key is its index, to free it by).
+    /// Read path "storage_array": the slots ever taken, read in place. Only
+    /// this process frees a slot, so while it reads, a slot can only go from
+    /// LIVE to CLOSED: a LIVE slot is copied and its state read again, and if
+    /// it closed meanwhile it is copied once more, as final (the key is its
+    /// index, to free it by). No end is missing from a read while its socket
+    /// lives, and none is read as live after its final counts.
     private func readStorageArray() throws -> Owners {
         guard let slots else { return ([], []) }
         // Fresh slots are numbered n * cpus + cpu (take_number in BPF): the
@@ -104,18 +106,23 @@ extension TCPTracer {
         if err != 0 { throw TracerError.libbpf("reading the slot counts", code: err) }
         let taken = Int(min(perCPU.max() ?? 0, UInt64(slots.count))) * max(cpus, 1)
         var owners: Owners = ([], [])
+        func record(_ index: Int) -> tcptop_conn_record {
+            let copy = slots.slot(index).pointee
+            return tcptop_conn_record(key: tcptop_conn_key(cookie: copy.cookie, tgid: copy.tgid, pad: 0), value: copy.conn)
+        }
         for index in 0..<min(taken, slots.count) {
-            let slot = slots.slot(index)
-            let state = tcptop_load_acquire_u32(slots.state(index))
+            var state = tcptop_load_acquire_u32(slots.state(index))
             guard state != TCPTOP_SLOT_FREE.rawValue else { continue }
-            let copy = slot.pointee
-            let record = tcptop_conn_record(key: tcptop_conn_key(cookie: copy.cookie, tgid: copy.tgid, pad: 0), value: copy.conn)
-            if state == TCPTOP_SLOT_CLOSED.rawValue {
-                owners.closed.append((UInt64(index), record))
-            } else if tcptop_load_acquire_u32(slots.state(index)) == state,
-                      tcptop_load_acquire_u64(slots.cookie(index)) == copy.cookie {
-                owners.live.append(record)
+            var copy = record(index)
+            if state == TCPTOP_SLOT_LIVE.rawValue {
+                state = tcptop_load_acquire_u32(slots.state(index))
+                if state == TCPTOP_SLOT_LIVE.rawValue {
+                    owners.live.append(copy)
+                    continue
+                }
+                copy = record(index)  // closed while it was copied: its final counts
             }
+            owners.closed.append((UInt64(index), copy))
         }
         return owners
     }

@@ -381,9 +381,8 @@ final class SlotMapping {
         (base + index * MemoryLayout<tcptop_slot>.stride).assumingMemoryBound(to: tcptop_slot.self)
     }
 
-    /// The words the kernel and this process hand the slot over by.
+    /// The word the kernel and this process hand the slot over by.
     func state(_ index: Int) -> UnsafeMutablePointer<UInt32> { field(index, \.state) }
-    func cookie(_ index: Int) -> UnsafeMutablePointer<UInt64> { field(index, \.cookie) }
 
     private func field<T>(_ index: Int, _ path: KeyPath<tcptop_slot, T>) -> UnsafeMutablePointer<T> {
         (base + index * MemoryLayout<tcptop_slot>.stride + MemoryLayout<tcptop_slot>.offset(of: path)!)

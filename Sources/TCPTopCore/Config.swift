@@ -5,7 +5,8 @@ public struct ExporterConfig: Equatable, Sendable {
     public var web = WebConfig()
     public var bpf = BPFConfig()
     public var connections = ConnectionsConfig()
-    public var views: [ViewConfig] = [ViewConfig()]
+    /// The shipped view: every label, at most `ViewConfig.shippedMaxSeries` series.
+    public var views: [ViewConfig] = [ViewConfig(maxSeries: ViewConfig.shippedMaxSeries)]
     public var log = LogConfig()
 
     public init() {}
@@ -106,6 +107,9 @@ public struct ViewConfig: Equatable, Sendable {
     public var labels = ConnectionLabel.allCases
     /// At most this many series (0 = no limit); further label sets share one overflow series.
     public var maxSeries = 0
+    /// The shipped per-connection view's bound: a scrape of 100k series took
+    /// 36 ms and 95 MiB peak RSS here (README, "Performance").
+    public static let shippedMaxSeries = 100_000
 
     public init(prefix: String = "tcptop", labels: [ConnectionLabel] = ConnectionLabel.allCases, maxSeries: Int = 0) {
         self.prefix = prefix

@@ -4,8 +4,8 @@
 /// Not thread-safe: the caller serialises `update`, `expire` and `render`.
 /// Times are monotonic seconds supplied by the caller.
 public final class ConnectionRegistry {
-    /// Closed connection ends (and series left without members) are kept
-    /// this long after their last activity.
+    /// Series left without open connection ends are kept this long after
+    /// their last activity (a closed end's final counts stay in its series).
     public var closedRetention: Double
 
     /// Dense: an expired entry is replaced by the last one, and every view's
@@ -25,8 +25,12 @@ public final class ConnectionRegistry {
     }
 
     /// Takes one full read of the kernel map: every connection end it holds.
-    /// Counters only move forward; an end missing from the read was deleted
-    /// from the kernel, so its last values are final. Then expires what is due.
+    /// Counters only move forward. An end the read says is closed, or that is
+    /// missing from it (deleted from the kernel), has its final counts folded
+    /// into its series and is let go at once: memory follows the series, not
+    /// the rate of connections (ephemeral ports repeat, so under churn many
+    /// ends share a series). The kernel never hands out a closed end's id
+    /// again. Then expires the series that are due.
     public func update(with samples: [ConnectionSample], now: Double) {
         readCount &+= 1
         indexOfID.reserveCapacity(samples.count)  // one resize up front on a first big read
@@ -37,8 +41,13 @@ public final class ConnectionRegistry {
                 insert(sample, now: now)
             }
         }
-        for index in entries.indices where entries[index].lastRead != readCount {
-            entries[index].closed = true
+        var index = 0
+        while index < entries.count {
+            if entries[index].closed || entries[index].lastRead != readCount {
+                remove(at: index)  // the last entry moves here: look at this index again
+            } else {
+                index += 1
+            }
         }
         expire(now: now)
     }
@@ -47,7 +56,7 @@ public final class ConnectionRegistry {
         indexOfID[sample.id] = entries.count
         entries.append(RegistryEntry(
             id: sample.id, sent: sample.sentBytes, received: sample.receivedBytes,
-            lastActivity: now, closed: sample.closed, lastRead: readCount))
+            closed: sample.closed, lastRead: readCount))
         for view in views { view.addMember(labels: sample.labels, now: now) }
     }
 
@@ -60,39 +69,35 @@ public final class ConnectionRegistry {
         entry.closed = entry.closed || sample.closed
         entry.lastRead = readCount
         if changed {
-            entry.lastActivity = now
             for view in views { view.touchMember(at: index, now: now) }
         }
         entries[index] = entry
     }
 
-    /// Removes closed connection ends whose last activity is `closedRetention` or
-    /// more ago (their counts stay in their series), then series that are
-    /// left without members for that long. Open ends never expire.
-    public func expire(now: Double) {
-        var index = 0
-        while index < entries.count {
-            let entry = entries[index]
-            guard entry.closed, now - entry.lastActivity >= closedRetention else {
-                index += 1
-                continue
-            }
-            for view in views {
-                view.removeMember(at: index, finalSent: entry.sent, finalReceived: entry.received)
-            }
-            indexOfID[entry.id] = nil
-            let last = entries.removeLast()
-            if index < entries.count {
-                entries[index] = last
-                indexOfID[last.id] = index
-            }
+    /// Folds the final counts of the entry at `index` into its series in
+    /// every view, then removes it (the last entry moves into its place).
+    private func remove(at index: Int) {
+        let entry = entries[index]
+        for view in views {
+            view.removeMember(at: index, finalSent: entry.sent, finalReceived: entry.received)
         }
+        indexOfID[entry.id] = nil
+        let last = entries.removeLast()
+        if index < entries.count {
+            entries[index] = last
+            indexOfID[last.id] = index
+        }
+    }
+
+    /// Removes series that have had no open connection end and no activity
+    /// for `closedRetention`. Open ends never expire.
+    public func expire(now: Double) {
         for view in views { view.expireSeries(now: now, retention: closedRetention) }
     }
 
     // MARK: Statistics for self-metrics
 
-    /// Connection ends held, open and closed.
+    /// Open connection ends held (closed ones live on in their series only).
     public var liveEntries: Int { entries.count }
 
     public struct ViewStatistics: Equatable, Sendable {
@@ -123,7 +128,6 @@ struct RegistryEntry {
     var id: ConnectionID
     var sent: UInt64
     var received: UInt64
-    var lastActivity: Double
     var closed: Bool
     /// The `update` call that last carried this entry.
     var lastRead: UInt64

@@ -115,7 +115,7 @@ public final class MetricsCollector: @unchecked Sendable {
                       help: "Socket closes whose final counts did not fit the closed map; their last bytes went to tcptop_unattributed_bytes_total.",
                       type: .counter)
         writer.sample(name: "tcptop_exporter_closes_not_recorded_total", value: unattributed.closesNotRecorded)
-        writer.family(name: "tcptop_exporter_connections", help: "Connection ends held by the exporter, open and recently closed.", type: .gauge)
+        writer.family(name: "tcptop_exporter_connections", help: "Open connection ends held by the exporter (closed ones live on in their series).", type: .gauge)
         writer.sample(name: "tcptop_exporter_connections", value: UInt64(registry.liveEntries))
         let views = registry.viewStatistics
         writer.family(name: "tcptop_exporter_series", help: "Series per view (per family), overflow series included.", type: .gauge)

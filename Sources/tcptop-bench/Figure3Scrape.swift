@@ -140,7 +140,8 @@ enum ScrapeFigure {
     /// made-up connection ends; prints one line of key=value results.
     static func syntheticChild(series: Int, rounds: Int) {
         var samples = makeSamples(series)
-        let registry = ConnectionRegistry(config: ExporterConfig())
+        // No series cap: the figure measures the registry at 1M series.
+        let registry = ConnectionRegistry(views: [ViewConfig()], closedRetention: ExporterConfig().connections.closedRetention.inSeconds)
         var clock = 1.0
         // The first scrape also inserts every connection end.
         let first = timed {

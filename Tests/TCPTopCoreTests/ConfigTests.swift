@@ -13,7 +13,7 @@ import TCPTopCore
         #expect(config.bpf.mapCapacity == 65536)
         #expect(config.connections.closedRetention == .seconds(300))
         #expect(config.connections.pollInterval == .seconds(1))
-        #expect(config.views == [ViewConfig(prefix: "tcptop", labels: [.pid, .comm, .family, .laddr, .lport, .raddr, .rport], maxSeries: 0)])
+        #expect(config.views == [ViewConfig(prefix: "tcptop", labels: [.pid, .comm, .family, .laddr, .lport, .raddr, .rport], maxSeries: 100_000)])
         #expect(config.log.level == .info)
         #expect(config.log.format == .logfmt)
         #expect(try ExporterConfig.load(path: nil) == config)

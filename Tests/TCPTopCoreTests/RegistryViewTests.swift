@@ -35,7 +35,7 @@ import TCPTopCore
         #expect(registry.liveEntries == 1)
         #expect(renderedValues(registry)[curl] == 35)
         registry.update(with: [sample(cookie: 3, lport: 3, sent: 1, received: 0)], now: 2 * retention)
-        #expect(registry.liveEntries == 1)  // cookie 2 was missing from the last read: closed, then expired
+        #expect(registry.liveEntries == 1)  // cookie 2 was missing from the last read: final, folded in
         #expect(renderedValues(registry)[curl] == 36)
     }
 

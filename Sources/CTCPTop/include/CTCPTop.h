@@ -18,7 +18,6 @@ void tcptop_set_libbpf_logger(tcptop_log_fn fn);
 /* Atomic access to words the kernel writes in a shared mapping (the slots
  * of read path storage_array). */
 uint32_t tcptop_load_acquire_u32(const uint32_t *word);
-uint64_t tcptop_load_acquire_u64(const uint64_t *word);
 void tcptop_store_release_u32(uint32_t *word, uint32_t value);
 
 /* zlib's deflateInit2 is a macro. */
