@@ -62,7 +62,8 @@ enum ChurnFigure {
         let rate = Double(connections) / elapsed
         return Row(
             figure: "4 churn, config \(configLabel) (poll \(format(config.connections.pollInterval.inSeconds, 0)) s, map \(config.bpf.mapCapacity))",
-            measured: "\(formatRate(rate, unit: "conns")) (\(connections) in \(format(elapsed, 1)) s), \(verdict)",
+            measured: "\(formatRate(rate, unit: "conns")) (\(connections) in \(format(elapsed, 1)) s), \(verdict); after it: "
+                + "RSS \(format(after.residentBytes / 1_048_576, 0)) MiB, \(format(after.series, 0)) series, \(format(after.openEnds, 0)) open ends",
             target: "≥ 20k/s, exact", met: exact && rate >= 20_000)
     }
 
@@ -95,6 +96,7 @@ enum ChurnFigure {
     /// Sums the churn threads' series and the unattributed bytes in one scrape.
     private struct Totals {
         var churnSent = 0.0, churnReceived = 0.0, unattributed = 0.0, closesNotRecorded = 0.0
+        var residentBytes = 0.0, series = 0.0, openEnds = 0.0
 
         init(_ samples: [ParsedSample]) {
             for sample in samples {
@@ -107,6 +109,12 @@ enum ChurnFigure {
                     unattributed += sample.value
                 case "tcptop_exporter_closes_not_recorded_total":
                     closesNotRecorded += sample.value
+                case "process_resident_memory_bytes":
+                    residentBytes = sample.value
+                case "tcptop_exporter_series":
+                    series += sample.value
+                case "tcptop_exporter_connections":
+                    openEnds = sample.value
                 default:
                     break
                 }
