@@ -23,6 +23,10 @@ public struct WebConfig: Equatable, Sendable {
     public var readTimeout: Duration = .seconds(10)
     public var writeTimeout: Duration = .seconds(30)
 
+    /// The longest `read_timeout` and `write_timeout`: each sets the
+    /// deadline of a poll() on a socket; longer would only hold a thread.
+    public static let maxTimeout: Duration = .seconds(3600)
+
     public init() {}
 }
 
@@ -88,6 +92,12 @@ public struct ConnectionsConfig: Equatable, Sendable {
     public var closedRetention: Duration = .seconds(300)
     /// How often closed connections are collected between scrapes.
     public var pollInterval: Duration = .seconds(1)
+
+    /// The longest `poll_interval`: it is a timer's period (and twice it is
+    /// the watchdog's patience), which must fit a dispatch time.
+    public static let maxPollInterval: Duration = .seconds(3600)
+    /// The longest `closed_retention`: closed ends are kept in memory that long.
+    public static let maxClosedRetention: Duration = .seconds(7 * 86400)
 
     public init() {}
 }

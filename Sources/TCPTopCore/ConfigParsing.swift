@@ -68,8 +68,8 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
         web.telemetryPath = path
     }
     if let field = keys["max_requests"] { web.maxRequests = try integer(field, in: 1...1_000_000) }
-    if let field = keys["read_timeout"] { web.readTimeout = try positiveDuration(field) }
-    if let field = keys["write_timeout"] { web.writeTimeout = try positiveDuration(field) }
+    if let field = keys["read_timeout"] { web.readTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
+    if let field = keys["write_timeout"] { web.writeTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
     return web
 }
 
@@ -85,8 +85,8 @@ private func parseBPF(_ section: Field) throws -> BPFConfig {
 private func parseConnections(_ section: Field) throws -> ConnectionsConfig {
     var connections = ConnectionsConfig()
     let keys = try fields(of: section.node, at: section.key, known: ["closed_retention", "poll_interval"])
-    if let field = keys["closed_retention"] { connections.closedRetention = try positiveDuration(field) }
-    if let field = keys["poll_interval"] { connections.pollInterval = try positiveDuration(field) }
+    if let field = keys["closed_retention"] { connections.closedRetention = try positiveDuration(field, atMost: ConnectionsConfig.maxClosedRetention) }
+    if let field = keys["poll_interval"] { connections.pollInterval = try positiveDuration(field, atMost: ConnectionsConfig.maxPollInterval) }
     return connections
 }
 
@@ -212,12 +212,21 @@ private func integer(_ field: Field, in range: ClosedRange<Int>, note: String = 
     return value
 }
 
-private func positiveDuration(_ field: Field) throws -> Duration {
+/// Every duration key has an upper bound: each feeds a timer or a deadline,
+/// and a value past what those can hold would trap where it is converted
+/// (a dispatch time counts nanoseconds in 64 bits: at most 292 years).
+private func positiveDuration(_ field: Field, atMost limit: Duration) throws -> Duration {
     let expected = "a duration like 500ms, 30s, 5m, 1h or 1m30s"
     let text = try scalar(field, expected: expected)
-    guard let duration = parseDuration(text) else { throw field.error("must be \(expected), got \"\(text)\"") }
-    guard duration > .zero else { throw field.error("must be longer than zero, got \"\(text)\"") }
-    return duration
+    let tooLong = field.error("must be at most \(durationText(limit)), got \"\(text)\"")
+    switch readDuration(text) {
+    case .invalid: throw field.error("must be \(expected), got \"\(text)\"")
+    case .tooLong: throw tooLong
+    case .duration(let duration):
+        guard duration > .zero else { throw field.error("must be longer than zero, got \"\(text)\"") }
+        guard duration <= limit else { throw tooLong }
+        return duration
+    }
 }
 
 private func choice<Choice: CaseIterable & RawRepresentable>(_ field: Field) throws -> Choice
