@@ -150,8 +150,27 @@ public struct ConfigError: Error, Equatable, CustomStringConvertible {
         self.problem = problem
     }
 
+    /// One line, whatever the file holds: a quoted value or key with a line
+    /// break or another control character in it is written escaped (`\n`, `\u{1B}`).
     public var description: String {
-        key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)"
+        let line = key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)"
+        guard line.unicodeScalars.contains(where: Self.needsEscape) else { return line }
+        var escaped = ""
+        for scalar in line.unicodeScalars {
+            switch scalar {
+            case "\n": escaped += "\\n"
+            case "\r": escaped += "\\r"
+            case "\t": escaped += "\\t"
+            case _ where Self.needsEscape(scalar): escaped += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+            default: escaped.unicodeScalars.append(scalar)
+            }
+        }
+        return escaped
+    }
+
+    /// Controls (C0, DEL, C1) and the Unicode line and paragraph separators.
+    private static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
     }
 }
 

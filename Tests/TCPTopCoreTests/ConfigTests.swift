@@ -191,6 +191,21 @@ import TCPTopCore
         #expect(ConnectionsConfig.maxClosedRetention == .seconds(604_800))
     }
 
+    /// Found by the fuzzer (Tests/Fuzz): a value or key with a line break made a two-line error.
+    @Test(arguments: [
+        (#"web: {telemetry_path: "met\nrics"}"#, ##"config: web.telemetry_path: must be a path that starts with "/" and is not "/", without spaces, "?" or "#", got "met\nrics""##),
+        ("'two\n\n  lines'", #"config: must be a mapping with keys web, bpf, connections, views, log, got "two\nlines""#),
+        (#"connections: {poll_interval: "1s\r\u001b[2J\u2028"}"#, #"config: connections.poll_interval: must be a duration like 500ms, 30s, 5m, 1h or 1m30s, got "1s\r\u{1B}[2J\u{2028}""#),
+        (#"web: {"a\tb\u0085": 1}"#, #"config: web.a\tb\u{85}: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, read_timeout, write_timeout)"#),
+    ])
+    func controlCharactersInTheFileStayOnOneLine(yaml: String, message: String) {
+        #expect {
+            try ExporterConfig.parse(yaml: yaml)
+        } throws: { error in
+            "\(error)" == message
+        }
+    }
+
     /// Sizes: every integer key refuses what its range does not hold, however long the digits.
     @Test(arguments: [
         ("web: {max_requests: 1000001}", "web.max_requests", "an integer between 1 and 1000000"),
