@@ -27,6 +27,11 @@ extension ExporterConfig {
     /// Parses YAML strictly: unknown keys, wrong types and bad values throw a `ConfigError`.
     /// Keys left out keep their defaults; an empty document is all defaults.
     public static func parse(yaml: String) throws -> ExporterConfig {
+        // Yams composes nodes recursively: 10,000 nested "[" overflowed the
+        // stack (found by the fuzzer). No config nests past a handful.
+        guard nestingBound(yaml) <= maxNesting else {
+            throw ConfigError(key: "", problem: "invalid YAML: nested more than \(maxNesting) levels deep")
+        }
         let root: Node?
         do {
             root = try Yams.compose(yaml: yaml)
@@ -43,6 +48,48 @@ extension ExporterConfig {
         if let log = top["log"] { config.log = try parseLog(log) }
         return config
     }
+}
+
+/// The deepest nesting `parse(yaml:)` hands to the YAML parser.
+let maxNesting = 100
+
+/// An upper bound on how deeply `yaml` nests collections, without parsing
+/// it: each open flow bracket (`[`, `{`) may hold a collection and an
+/// implicit pair; on a line, each indentation column may open a block
+/// level (a block sequence may sit at its key's indentation, hence two),
+/// and so may each `-`, `?` or `:` followed by a space, up to a comment.
+/// Brackets in quotes and comments count too: an overestimate only
+/// refuses what no config writes.
+func nestingBound(_ yaml: String) -> Int {
+    var flowDepth = 0, deepest = 0
+    var indentation = 0, indicators = 0, atLineStart = true, inComment = false
+    var previous: UInt8 = UInt8(ascii: "\n")
+    for byte in yaml.utf8 {
+        let isSpace = byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
+        let isLineEnd = byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r")
+        if (isSpace || isLineEnd) && !inComment,
+           previous == UInt8(ascii: "-") || previous == UInt8(ascii: "?") || previous == UInt8(ascii: ":") {
+            indicators += 1
+        }
+        switch byte {
+        case _ where isLineEnd:
+            indentation = 0; indicators = 0; atLineStart = true; inComment = false
+        case UInt8(ascii: " ") where atLineStart: indentation += 1
+        case UInt8(ascii: "#") where previous == UInt8(ascii: " ") || previous == UInt8(ascii: "\t") || atLineStart:
+            inComment = true
+        case UInt8(ascii: "["), UInt8(ascii: "{"): flowDepth += 1
+        case UInt8(ascii: "]"), UInt8(ascii: "}"): flowDepth = max(0, flowDepth - 1)
+        default: break
+        }
+        if !isSpace && !isLineEnd { atLineStart = false }
+        previous = byte
+        deepest = max(deepest, 2 * flowDepth + 2 * indentation + indicators)
+    }
+    // A last line without its line end.
+    if !inComment, previous == UInt8(ascii: "-") || previous == UInt8(ascii: "?") || previous == UInt8(ascii: ":") {
+        deepest = max(deepest, 2 * flowDepth + 2 * indentation + indicators + 1)
+    }
+    return deepest
 }
 
 private func parseWeb(_ section: Field) throws -> WebConfig {

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import TCPTopCore
+@testable import TCPTopCore
 
 @Suite struct ConfigTests {
     @Test func defaultsAreTheDocumentedValues() throws {
@@ -204,6 +204,37 @@ import TCPTopCore
         } throws: { error in
             "\(error)" == message
         }
+    }
+
+    /// Found by the fuzzer: 10,000 nested "[" overflowed the stack in Yams (a segfault at start, or on SIGHUP).
+    @Test(arguments: [
+        "views: " + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000),
+        String(repeating: "[", count: 51),
+        String(repeating: "- ", count: 101) + "x",
+        String(repeating: "{a: ", count: 40) + "1" + String(repeating: "}", count: 40),
+        (0..<60).map { String(repeating: " ", count: $0) + "a:\n" }.joined(),
+    ])
+    func nestingPastTheBoundIsOneLine(yaml: String) {
+        #expect {
+            try ExporterConfig.parse(yaml: yaml)
+        } throws: { error in
+            "\(error)" == "config: invalid YAML: nested more than 100 levels deep"
+        }
+    }
+
+    @Test func nestingBoundIsAboveTheRealDepthAndMissesComments() throws {
+        #expect(nestingBound("views: [[]]") >= 3)
+        #expect(nestingBound("- - - x") >= 3)
+        #expect(nestingBound("a:\n  b:\n    c: 1\n") >= 3)
+        // Separators in comments, dashes in values and balanced brackets do not add up.
+        let commented = "# " + String(repeating: "-", count: 200) + "\nlog: {level: debug}  # a: b: c: - - -\n"
+            + "views: [{prefix: a_b, labels: [pid]}]\n" + "web: {listen_addresses: [\"[::1]:9435\"]}\n"
+        #expect(nestingBound(commented) < 20)
+        #expect(try ExporterConfig.parse(yaml: commented).log.level == .debug)
+        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+        let shipped = try String(contentsOfFile: packageRoot.appendingPathComponent("Config/tcptop-exporter.yml").path, encoding: .utf8)
+        #expect(nestingBound(shipped) < 20)
     }
 
     /// Sizes: every integer key refuses what its range does not hold, however long the digits.
