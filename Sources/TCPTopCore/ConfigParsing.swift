@@ -28,7 +28,7 @@ extension ExporterConfig {
     /// Keys left out keep their defaults; an empty document is all defaults.
     public static func parse(yaml: String) throws -> ExporterConfig {
         // Yams composes nodes recursively: 10,000 nested "[" overflowed the
-        // stack (found by the fuzzer). No config nests past a handful.
+        // stack (a segfault). No config nests past a handful.
         guard nestingBound(yaml) <= maxNesting else {
             throw ConfigError(key: "", problem: "invalid YAML: nested more than \(maxNesting) levels deep")
         }

@@ -206,7 +206,7 @@ import Testing
         }
     }
 
-    /// Found by the fuzzer: 10,000 nested "[" overflowed the stack in Yams (a segfault at start, or on SIGHUP).
+    /// 10,000 nested "[" overflowed the stack in Yams (a segfault at start; a reload parses the same way).
     @Test(arguments: [
         "views: " + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000),
         String(repeating: "[", count: 51),
