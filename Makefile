@@ -10,7 +10,7 @@ SWIFT ?= swift
 DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev bpftool prometheus python3 curl util-linux \
 	systemd-container mmdebstrap binutils e2fsprogs qemu-system-x86 qemu-utils
 
-.PHONY: deps build release run test test-without-bpf guest-compare bench install clean
+.PHONY: deps build release run test fuzz test-without-bpf guest-compare bench install clean
 
 deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -33,10 +33,20 @@ run: release
 # QEMU guests with Debian 12's userland on three kernels, one after the other:
 # Debian 12's 6.1 (the fallback hooks), Debian 13's 6.12 (the tracepoints),
 # Debian 11's 5.10 (the oldest). One guest alone: Tests/guest/run.sh 6.12
+# Between them, the fuzzers, FUZZ_SECONDS each (see `make fuzz`).
 test: build
 	$(SWIFT) test
+	$(MAKE) fuzz
 	Tests/system/container-test.sh
 	Tests/guest/run.sh
+
+# libFuzzer (with AddressSanitizer) on the HTTP request parser and the config
+# reader, FUZZ_SECONDS each (about a minute in all with the build); a crash
+# fails it and leaves the input in .build-fuzz/artifacts/. Seeds:
+# Tests/Fuzz/corpus/. Longer: make fuzz FUZZ_SECONDS=600
+FUZZ_SECONDS ?= 20
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) Tests/Fuzz/run.sh
 
 # The suite with bpf() refused (a seccomp filter, Tests/tools/no-bpf.c): the BPF
 # tests must fail, each with a readable message, and the run must end (about
@@ -60,4 +70,4 @@ install: release
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcptop-exporter/README.md
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz

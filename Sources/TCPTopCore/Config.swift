@@ -24,6 +24,10 @@ public struct WebConfig: Equatable, Sendable {
     public var readTimeout: Duration = .seconds(10)
     public var writeTimeout: Duration = .seconds(30)
 
+    /// The longest `read_timeout` and `write_timeout`: each sets the
+    /// deadline of a poll() on a socket; longer would only hold a thread.
+    public static let maxTimeout: Duration = .seconds(3600)
+
     public init() {}
 }
 
@@ -90,6 +94,12 @@ public struct ConnectionsConfig: Equatable, Sendable {
     /// How often closed connections are collected between scrapes.
     public var pollInterval: Duration = .seconds(1)
 
+    /// The longest `poll_interval`: it is a timer's period (and twice it is
+    /// the watchdog's patience), which must fit a dispatch time.
+    public static let maxPollInterval: Duration = .seconds(3600)
+    /// The longest `closed_retention`: closed ends are kept in memory that long.
+    public static let maxClosedRetention: Duration = .seconds(7 * 86400)
+
     public init() {}
 }
 
@@ -144,8 +154,27 @@ public struct ConfigError: Error, Equatable, CustomStringConvertible {
         self.problem = problem
     }
 
+    /// One line, whatever the file holds: a quoted value or key with a line
+    /// break or another control character in it is written escaped (`\n`, `\u{1B}`).
     public var description: String {
-        key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)"
+        let line = key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)"
+        guard line.unicodeScalars.contains(where: Self.needsEscape) else { return line }
+        var escaped = ""
+        for scalar in line.unicodeScalars {
+            switch scalar {
+            case "\n": escaped += "\\n"
+            case "\r": escaped += "\\r"
+            case "\t": escaped += "\\t"
+            case _ where Self.needsEscape(scalar): escaped += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+            default: escaped.unicodeScalars.append(scalar)
+            }
+        }
+        return escaped
+    }
+
+    /// Controls (C0, DEL, C1) and the Unicode line and paragraph separators.
+    private static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
     }
 }
 

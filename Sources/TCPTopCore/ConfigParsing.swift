@@ -27,6 +27,11 @@ extension ExporterConfig {
     /// Parses YAML strictly: unknown keys, wrong types and bad values throw a `ConfigError`.
     /// Keys left out keep their defaults; an empty document is all defaults.
     public static func parse(yaml: String) throws -> ExporterConfig {
+        // Yams composes nodes recursively: 10,000 nested "[" overflowed the
+        // stack (a segfault). No config nests past a handful.
+        guard nestingBound(yaml) <= maxNesting else {
+            throw ConfigError(key: "", problem: "invalid YAML: nested more than \(maxNesting) levels deep")
+        }
         let root: Node?
         do {
             root = try Yams.compose(yaml: yaml)
@@ -43,6 +48,48 @@ extension ExporterConfig {
         if let log = top["log"] { config.log = try parseLog(log) }
         return config
     }
+}
+
+/// The deepest nesting `parse(yaml:)` hands to the YAML parser.
+let maxNesting = 100
+
+/// An upper bound on how deeply `yaml` nests collections, without parsing
+/// it: each open flow bracket (`[`, `{`) may hold a collection and an
+/// implicit pair; on a line, each indentation column may open a block
+/// level (a block sequence may sit at its key's indentation, hence two),
+/// and so may each `-`, `?` or `:` followed by a space, up to a comment.
+/// Brackets in quotes and comments count too: an overestimate only
+/// refuses what no config writes.
+func nestingBound(_ yaml: String) -> Int {
+    var flowDepth = 0, deepest = 0
+    var indentation = 0, indicators = 0, atLineStart = true, inComment = false
+    var previous: UInt8 = UInt8(ascii: "\n")
+    for byte in yaml.utf8 {
+        let isSpace = byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
+        let isLineEnd = byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r")
+        if (isSpace || isLineEnd) && !inComment,
+           previous == UInt8(ascii: "-") || previous == UInt8(ascii: "?") || previous == UInt8(ascii: ":") {
+            indicators += 1
+        }
+        switch byte {
+        case _ where isLineEnd:
+            indentation = 0; indicators = 0; atLineStart = true; inComment = false
+        case UInt8(ascii: " ") where atLineStart: indentation += 1
+        case UInt8(ascii: "#") where previous == UInt8(ascii: " ") || previous == UInt8(ascii: "\t") || atLineStart:
+            inComment = true
+        case UInt8(ascii: "["), UInt8(ascii: "{"): flowDepth += 1
+        case UInt8(ascii: "]"), UInt8(ascii: "}"): flowDepth = max(0, flowDepth - 1)
+        default: break
+        }
+        if !isSpace && !isLineEnd { atLineStart = false }
+        previous = byte
+        deepest = max(deepest, 2 * flowDepth + 2 * indentation + indicators)
+    }
+    // A last line without its line end.
+    if !inComment, previous == UInt8(ascii: "-") || previous == UInt8(ascii: "?") || previous == UInt8(ascii: ":") {
+        deepest = max(deepest, 2 * flowDepth + 2 * indentation + indicators + 1)
+    }
+    return deepest
 }
 
 private func parseWeb(_ section: Field) throws -> WebConfig {
@@ -68,8 +115,8 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
         web.telemetryPath = path
     }
     if let field = keys["max_requests"] { web.maxRequests = try integer(field, in: 1...1_000_000) }
-    if let field = keys["read_timeout"] { web.readTimeout = try positiveDuration(field) }
-    if let field = keys["write_timeout"] { web.writeTimeout = try positiveDuration(field) }
+    if let field = keys["read_timeout"] { web.readTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
+    if let field = keys["write_timeout"] { web.writeTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
     return web
 }
 
@@ -85,8 +132,8 @@ private func parseBPF(_ section: Field) throws -> BPFConfig {
 private func parseConnections(_ section: Field) throws -> ConnectionsConfig {
     var connections = ConnectionsConfig()
     let keys = try fields(of: section.node, at: section.key, known: ["closed_retention", "poll_interval"])
-    if let field = keys["closed_retention"] { connections.closedRetention = try positiveDuration(field) }
-    if let field = keys["poll_interval"] { connections.pollInterval = try positiveDuration(field) }
+    if let field = keys["closed_retention"] { connections.closedRetention = try positiveDuration(field, atMost: ConnectionsConfig.maxClosedRetention) }
+    if let field = keys["poll_interval"] { connections.pollInterval = try positiveDuration(field, atMost: ConnectionsConfig.maxPollInterval) }
     return connections
 }
 
@@ -212,12 +259,21 @@ private func integer(_ field: Field, in range: ClosedRange<Int>, note: String = 
     return value
 }
 
-private func positiveDuration(_ field: Field) throws -> Duration {
+/// Every duration key has an upper bound: each feeds a timer or a deadline,
+/// and a value past what those can hold would trap where it is converted
+/// (a dispatch time counts nanoseconds in 64 bits: at most 292 years).
+private func positiveDuration(_ field: Field, atMost limit: Duration) throws -> Duration {
     let expected = "a duration like 500ms, 30s, 5m, 1h or 1m30s"
     let text = try scalar(field, expected: expected)
-    guard let duration = parseDuration(text) else { throw field.error("must be \(expected), got \"\(text)\"") }
-    guard duration > .zero else { throw field.error("must be longer than zero, got \"\(text)\"") }
-    return duration
+    let tooLong = field.error("must be at most \(durationText(limit)), got \"\(text)\"")
+    switch readDuration(text) {
+    case .invalid: throw field.error("must be \(expected), got \"\(text)\"")
+    case .tooLong: throw tooLong
+    case .duration(let duration):
+        guard duration > .zero else { throw field.error("must be longer than zero, got \"\(text)\"") }
+        guard duration <= limit else { throw tooLong }
+        return duration
+    }
 }
 
 private func choice<Choice: CaseIterable & RawRepresentable>(_ field: Field) throws -> Choice

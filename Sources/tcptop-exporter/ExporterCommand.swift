@@ -38,6 +38,9 @@ struct ExporterCommand: ParsableCommand {
 
     /// Usage errors are one line and exit 2; --help and --version print and exit 0.
     static func main() {
+        // A write to a pipe or socket whose reader has gone fails with EPIPE
+        // instead of killing the daemon (stderr on a pipe, a scraper gone).
+        signal(SIGPIPE, SIG_IGN)
         Daemon.blockHandledSignals()
         do {
             var command = try parseAsRoot()
@@ -49,7 +52,7 @@ struct ExporterCommand: ParsableCommand {
                 print(fullMessage(for: error))
                 Foundation.exit(0)
             }
-            FileHandle.standardError.write(Data("tcptop-exporter: \(message(for: error))\n".utf8))
+            writeToStandardError("tcptop-exporter: \(message(for: error))\n")
             Foundation.exit(2)
         }
     }
@@ -92,7 +95,7 @@ struct ExporterCommand: ParsableCommand {
         do {
             daemon = try Daemon(options: options)
         } catch {
-            FileHandle.standardError.write(Data("tcptop-exporter: \(error)\n".utf8))
+            writeToStandardError("tcptop-exporter: \(error)\n")
             throw ExitCode(2)
         }
         throw ExitCode(daemon.run())

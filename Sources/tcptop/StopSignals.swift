@@ -33,7 +33,9 @@ enum StopSignals {
         while true {
             let left = deadline - now()
             if left <= 0 { return isPending() }
-            var timeout = timespec(tv_sec: Int(left), tv_nsec: Int((left - Double(Int(left))) * 1e9))
+            // At most a day per wait: Int(left) would trap on an interval past Int.max seconds.
+            let step = min(left, 86_400)
+            var timeout = timespec(tv_sec: Int(step), tv_nsec: Int((step - Double(Int(step))) * 1e9))
             let result = sigtimedwait(&stopSet, nil, &timeout)
             if result == SIGINT || result == SIGTERM { return true }
             // EAGAIN: timed out (loop checks the clock); EINTR: another signal.

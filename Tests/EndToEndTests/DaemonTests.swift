@@ -112,6 +112,47 @@ struct DaemonTests {
         #expect(try daemon.get("/", host: "::1").status == 200)
     }
 
+    /// SIGPIPE is ignored and a failed log write dropped: a reload logs a
+    /// line (and the start logs several) into a pipe nobody reads, and the
+    /// daemon goes on serving, then stops cleanly.
+    @Test func aStderrReaderThatHasGoneDoesNotStopTheDaemon() throws {
+        let path = try writeConfig("log:\n  level: debug\n")
+        let daemon = try ExporterProcess(arguments: ["--config.file", path], stderrReaderGone: true)
+        try daemon.waitReady()
+        #expect(try daemon.get().status == 200)
+        try daemon.reload()
+        try daemon.reload()
+        #expect(try daemon.get().status == 200)
+        #expect(try daemon.get("/", host: "::1").status == 200)
+        daemon.signal(SIGTERM)
+        #expect(try daemon.waitExit() == 0)
+    }
+
+    /// Values that used to trap (SIGILL) at start: one line, exit 2; on reload, a refusal and the old config.
+    @Test func durationsPastTheirBoundAreOneLineAtStartAndRefusedOnReload() throws {
+        for (yaml, key) in [("connections: {poll_interval: 1000y}", "connections.poll_interval"),
+                            ("connections: {closed_retention: 9999999999999h}", "connections.closed_retention"),
+                            ("web: {read_timeout: 1000y}", "web.read_timeout"),
+                            ("web: {write_timeout: 99999999999999999999s}", "web.write_timeout")] {
+            let bad = try writeConfig(yaml + "\n")
+            let started = run(ExporterProcess.binary("tcptop-exporter"),
+                              ["--config.file", bad, "--web.listen-address=127.0.0.1:\(ExporterProcess.freePort())"], timeout: 20)
+            #expect(started.status == 2, "\(yaml): exit \(started.status), \(started.stderr)")
+            #expect(started.stderr.split(separator: "\n").count == 1)
+            #expect(started.stderr.hasPrefix("tcptop-exporter: config: \(key): must be at most "), "\(started.stderr)")
+        }
+        let path = try writeConfig("log:\n  level: info\n")
+        let daemon = try ExporterProcess(arguments: ["--config.file", path])
+        try daemon.waitReady()
+        try "connections: {poll_interval: 1000y}\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try daemon.reload()
+        #expect(daemon.log.contains("reload failed, keeping the running configuration"))
+        #expect(daemon.log.contains("connections.poll_interval: must be at most 1h"))
+        #expect(try daemon.get().status == 200)
+        daemon.signal(SIGTERM)
+        #expect(try daemon.waitExit() == 0)
+    }
+
     @Test func aReloadAppliesANewRetention() throws {
         let path = try writeConfig("connections:\n  closed_retention: 1h\n  poll_interval: 200ms\n")
         let daemon = try ExporterProcess(arguments: ["--config.file", path])

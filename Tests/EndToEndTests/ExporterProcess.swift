@@ -16,9 +16,11 @@ final class ExporterProcess {
     /// Starts the daemon on a free loopback port; does not wait for READY.
     /// With `signalsUnblocked`, the daemon starts with no signal blocked, as
     /// systemd starts it (a test thread's mask, which Process passes on,
-    /// blocks SIGHUP and SIGTERM).
+    /// blocks SIGHUP and SIGTERM). With `stderrReaderGone`, stderr is a
+    /// pipe whose read end is closed before the daemon starts: every log
+    /// write fails with EPIPE (and `log` is empty).
     init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort(), environment extra: [String: String] = [:],
-         signalsUnblocked: Bool = false) throws {
+         signalsUnblocked: Bool = false, stderrReaderGone: Bool = false) throws {
         notify = try NotifySocket()
         self.port = port
         stderrFile = URL(fileURLWithPath: NSTemporaryDirectory() + "tcptop-exporter-\(port).log")
@@ -37,9 +39,20 @@ final class ExporterProcess {
         environment["NOTIFY_SOCKET"] = notify.path
         environment.merge(extra) { $1 }
         process.environment = environment
-        process.standardError = try FileHandle(forWritingTo: stderrFile)
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        if stderrReaderGone {
+            var ends: [Int32] = [0, 0]
+            guard pipe(&ends) == 0 else { throw PeerError(description: "pipe: \(String(cString: strerror(errno)))") }
+            close(ends[0])
+            let writeEnd = FileHandle(fileDescriptor: ends[1], closeOnDealloc: true)
+            process.standardError = writeEnd
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            try? writeEnd.close()
+        } else {
+            process.standardError = try FileHandle(forWritingTo: stderrFile)
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+        }
     }
 
     /// A daemon still running is stopped: SIGTERM, SIGKILL after 5 s.

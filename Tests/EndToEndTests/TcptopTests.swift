@@ -147,6 +147,17 @@ struct TcptopTests {
         #expect(loaded().isEmpty, "the programs are gone")
     }
 
+    /// The longest interval the argument takes waits (it trapped converting the wait to a timespec) and stops on a signal.
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
+    func theLongestIntervalWaitsAndStops() throws {
+        let top = try TcptopRun(["-C", "\(Int.max)", "1"])
+        try top.waitForTracing()
+        usleep(300_000)
+        kill(top.process.processIdentifier, SIGINT)
+        let output = try top.finish(timeout: 5)
+        #expect(output.status == 0 && output.stderr.isEmpty)
+    }
+
     @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
     func aPipeGetsCleanTextAndNoSummaryWithS() throws {
         let plain = try TcptopRun(["1", "1"]).finish()  // no -C: stdout is a pipe, so no clearing

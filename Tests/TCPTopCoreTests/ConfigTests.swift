@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import TCPTopCore
+@testable import TCPTopCore
 
 @Suite struct ConfigTests {
     @Test func defaultsAreTheDocumentedValues() throws {
@@ -151,6 +151,108 @@ import TCPTopCore
         }
     }
 
+    /// Each duration feeds a timer or a deadline: past its bound it is one line, never a trap later.
+    @Test(arguments: [
+        ("connections: {poll_interval: 1000y}", "connections.poll_interval", "1h", "1000y"),
+        ("connections: {poll_interval: 9999999999999h}", "connections.poll_interval", "1h", "9999999999999h"),
+        ("connections: {poll_interval: 1h1ms}", "connections.poll_interval", "1h", "1h1ms"),
+        ("connections: {poll_interval: 99999999999999999999s}", "connections.poll_interval", "1h", "99999999999999999999s"),
+        ("connections: {poll_interval: 292y}", "connections.poll_interval", "1h", "292y"),
+        ("connections: {closed_retention: 1000y}", "connections.closed_retention", "1w", "1000y"),
+        ("connections: {closed_retention: 1w1ms}", "connections.closed_retention", "1w", "1w1ms"),
+        ("connections: {closed_retention: 9999999999999h}", "connections.closed_retention", "1w", "9999999999999h"),
+        ("connections: {closed_retention: 106751991167300d}", "connections.closed_retention", "1w", "106751991167300d"),
+        ("web: {read_timeout: 1000y}", "web.read_timeout", "1h", "1000y"),
+        ("web: {read_timeout: 9223372036854775807ms}", "web.read_timeout", "1h", "9223372036854775807ms"),
+        ("web: {read_timeout: 9999999999999h}", "web.read_timeout", "1h", "9999999999999h"),
+        ("web: {write_timeout: 1000y}", "web.write_timeout", "1h", "1000y"),
+        ("web: {write_timeout: 2h}", "web.write_timeout", "1h", "2h"),
+        ("web: {write_timeout: 1y2w3d4h5m6s7ms}", "web.write_timeout", "1h", "1y2w3d4h5m6s7ms"),
+    ] as [(String, String, String, String)])
+    func durationPastItsBoundGivesOneLine(yaml: String, key: String, bound: String, text: String) {
+        #expect {
+            try ExporterConfig.parse(yaml: yaml)
+        } throws: { error in
+            "\(error)" == "config: \(key): must be at most \(bound), got \"\(text)\""
+        }
+    }
+
+    @Test func durationsAtTheirBoundAreTaken() throws {
+        let config = try ExporterConfig.parse(yaml: """
+            web: {read_timeout: 1h, write_timeout: 60m}
+            connections: {poll_interval: 3600s, closed_retention: 1w}
+            """)
+        #expect(config.web.readTimeout == .seconds(3600))
+        #expect(config.web.writeTimeout == .seconds(3600))
+        #expect(config.connections.pollInterval == .seconds(3600))
+        #expect(config.connections.closedRetention == .seconds(7 * 86400))
+        #expect(WebConfig.maxTimeout == .seconds(3600))
+        #expect(ConnectionsConfig.maxPollInterval == .seconds(3600))
+        #expect(ConnectionsConfig.maxClosedRetention == .seconds(604_800))
+    }
+
+    /// Found by the fuzzer (Tests/Fuzz): a value or key with a line break made a two-line error.
+    @Test(arguments: [
+        (#"web: {telemetry_path: "met\nrics"}"#, ##"config: web.telemetry_path: must be a path that starts with "/" and is not "/", without spaces, "?" or "#", got "met\nrics""##),
+        ("'two\n\n  lines'", #"config: must be a mapping with keys web, bpf, connections, views, log, got "two\nlines""#),
+        (#"connections: {poll_interval: "1s\r\u001b[2J\u2028"}"#, #"config: connections.poll_interval: must be a duration like 500ms, 30s, 5m, 1h or 1m30s, got "1s\r\u{1B}[2J\u{2028}""#),
+        (#"web: {"a\tb\u0085": 1}"#, #"config: web.a\tb\u{85}: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, read_timeout, write_timeout)"#),
+    ])
+    func controlCharactersInTheFileStayOnOneLine(yaml: String, message: String) {
+        #expect {
+            try ExporterConfig.parse(yaml: yaml)
+        } throws: { error in
+            "\(error)" == message
+        }
+    }
+
+    /// 10,000 nested "[" overflowed the stack in Yams (a segfault at start; a reload parses the same way).
+    @Test(arguments: [
+        "views: " + String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000),
+        String(repeating: "[", count: 51),
+        String(repeating: "- ", count: 101) + "x",
+        String(repeating: "{a: ", count: 40) + "1" + String(repeating: "}", count: 40),
+        (0..<60).map { String(repeating: " ", count: $0) + "a:\n" }.joined(),
+    ])
+    func nestingPastTheBoundIsOneLine(yaml: String) {
+        #expect {
+            try ExporterConfig.parse(yaml: yaml)
+        } throws: { error in
+            "\(error)" == "config: invalid YAML: nested more than 100 levels deep"
+        }
+    }
+
+    @Test func nestingBoundIsAboveTheRealDepthAndMissesComments() throws {
+        #expect(nestingBound("views: [[]]") >= 3)
+        #expect(nestingBound("- - - x") >= 3)
+        #expect(nestingBound("a:\n  b:\n    c: 1\n") >= 3)
+        // Separators in comments, dashes in values and balanced brackets do not add up.
+        let commented = "# " + String(repeating: "-", count: 200) + "\nlog: {level: debug}  # a: b: c: - - -\n"
+            + "views: [{prefix: a_b, labels: [pid]}]\n" + "web: {listen_addresses: [\"[::1]:9435\"]}\n"
+        #expect(nestingBound(commented) < 20)
+        #expect(try ExporterConfig.parse(yaml: commented).log.level == .debug)
+        let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+        let shipped = try String(contentsOfFile: packageRoot.appendingPathComponent("Config/tcptop-exporter.yml").path, encoding: .utf8)
+        #expect(nestingBound(shipped) < 20)
+    }
+
+    /// Sizes: every integer key refuses what its range does not hold, however long the digits.
+    @Test(arguments: [
+        ("web: {max_requests: 1000001}", "web.max_requests", "an integer between 1 and 1000000"),
+        ("web: {max_requests: 99999999999999999999999}", "web.max_requests", "an integer between 1 and 1000000"),
+        ("bpf: {map_capacity: 16777217}", "bpf.map_capacity", "an integer between 1 and 16777216"),
+        ("bpf: {map_capacity: 0}", "bpf.map_capacity", "an integer between 1 and 16777216"),
+        ("bpf: {map_capacity: 18446744073709551616}", "bpf.map_capacity", "an integer between 1 and 16777216"),
+        ("views: [{max_series: 2147483648}]", "views[0].max_series", "an integer between 0 and 2147483647 (0 = no limit)"),
+        ("views: [{max_series: 1e99}]", "views[0].max_series", "an integer between 0 and 2147483647 (0 = no limit)"),
+    ] as [(String, String, String)])
+    func sizePastItsBoundGivesOneLine(yaml: String, key: String, expected: String) throws {
+        let error = try #require(throws: ConfigError.self) { try ExporterConfig.parse(yaml: yaml) }
+        #expect(error.key == key)
+        #expect(error.problem.hasPrefix("must be \(expected), got "))
+    }
+
     @Test(arguments: ["web: [", "a: b: c", "\t- x"])
     func invalidYAMLGivesOneLine(yaml: String) throws {
         let error = try #require(throws: ConfigError.self) { try ExporterConfig.parse(yaml: yaml) }
@@ -185,6 +287,29 @@ import TCPTopCore
     @Test(arguments: ["", "5", "1s1m", "1m1m", "-1s", "1.5s", "ms", "5 m", "5M", "s5", "99999999999999999999s"])
     func rejects(text: String) {
         #expect(parseDuration(text) == nil)
+    }
+
+    @Test(arguments: ["99999999999999999999s", "9999999999999h", "292471209y", "106751991167301d", "1y99999999999999999999ms",
+                      "292471208y365d"])
+    func tooLongIsToldApartFromInvalid(text: String) {
+        #expect(readDuration(text) == .tooLong)
+    }
+
+    @Test(arguments: ["99999999999999999999x", "9999999999999h1h", "99999999999999999999s5"])
+    func invalidAfterAnOverflowIsInvalid(text: String) {
+        #expect(readDuration(text) == .invalid)
+    }
+
+    @Test func theLongestDurationIsRead() {
+        #expect(readDuration("9223372036854775807ms") == .duration(.milliseconds(Int64.max)))
+    }
+
+    @Test(arguments: [
+        (3_600_000, "1h"), (604_800_000, "1w"), (90_000, "1m30s"), (500, "500ms"), (0, "0"), (31_536_000_001, "1y1ms"),
+    ] as [(Int64, String)])
+    func durationTextRoundTrips(milliseconds: Int64, text: String) {
+        #expect(durationText(.milliseconds(milliseconds)) == text)
+        #expect(parseDuration(text) == .milliseconds(milliseconds))
     }
 }
 

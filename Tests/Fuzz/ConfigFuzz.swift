@@ -1,0 +1,40 @@
+// libFuzzer target: the config reader, ExporterConfig.parse(yaml:), on any
+// bytes (read as the daemon reads a file: UTF-8, bad bytes replaced).
+// A config either parses to values within their bounds or throws a
+// ConfigError of one line; anything else (a trap, an ASan report, another
+// error type) is a crash and fails `make fuzz`. Built by Tests/Fuzz/run.sh.
+import TCPTopCore
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+    do {
+        let config = try ExporterConfig.parse(yaml: text)
+        check(config)
+    } catch let error as ConfigError {
+        let line = error.description
+        // By bytes and scalars: a key may start with a combining mark, which joins the space before it into one Character.
+        precondition(line.utf8.starts(with: "config: ".utf8), "a config error without its prefix: \(line)")
+        precondition(!line.unicodeScalars.contains { [0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029].contains($0.value) },
+                     "a config error of more than one line: \(line)")
+    } catch {
+        preconditionFailure("parse threw something other than a ConfigError: \(error)")
+    }
+    return 0
+}
+
+/// What the daemon later converts without checking: every duration within
+/// its bound, every size within its range.
+private func check(_ config: ExporterConfig) {
+    for (timeout, limit) in [(config.web.readTimeout, WebConfig.maxTimeout), (config.web.writeTimeout, WebConfig.maxTimeout),
+                             (config.connections.pollInterval, ConnectionsConfig.maxPollInterval),
+                             (config.connections.closedRetention, ConnectionsConfig.maxClosedRetention)] {
+        precondition(timeout > .zero && timeout <= limit, "a duration past its bound: \(timeout)")
+        _ = timeout.inSeconds
+    }
+    precondition((1...1_000_000).contains(config.web.maxRequests))
+    precondition(BPFConfig.mapCapacityRange.contains(config.bpf.mapCapacity))
+    precondition(!config.web.listenAddresses.isEmpty && !config.views.isEmpty)
+    precondition(WebConfig.telemetryPathProblem(config.web.telemetryPath) == nil)
+    for view in config.views { precondition((0...Int(Int32.max)).contains(view.maxSeries)) }
+}

@@ -1,0 +1,82 @@
+#!/bin/bash
+# Builds the libFuzzer targets (coverage-guided, with AddressSanitizer) and
+# runs each for a bounded time. A crash, a trap, a failed precondition, an
+# ASan report or a timeout fails the run; libFuzzer writes the input that
+# did it to .build-fuzz/artifacts/ (replay: .build-fuzz/fuzz-<target> FILE).
+#
+#   Tests/Fuzz/run.sh                    every target, FUZZ_SECONDS each (default 20)
+#   Tests/Fuzz/run.sh http-request       one target
+#   FUZZ_SECONDS=600 Tests/Fuzz/run.sh   longer
+#
+# Targets (one file each in Tests/Fuzz/):
+#   http-request  HTTPRequestParser.parse, compiled with the three HTTP files
+#                 it needs from TCPTopServer (that module needs libbpf).
+#   config        ExporterConfig.parse(yaml:), linked against TCPTopCore, Yams
+#                 and libyaml as SwiftPM builds them (instrumented too) in
+#                 .build-fuzz, a scratch path of its own.
+# Seeds are Tests/Fuzz/corpus/<target>/ (committed); what the fuzzer finds
+# goes to .build-fuzz/corpus/<target>/, so a run never writes into the tree.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+seconds=${FUZZ_SECONDS:-20}
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(http-request config)
+scratch=.build-fuzz
+sanitize=-sanitize=fuzzer,address
+mkdir -p "$scratch/artifacts"
+# A failed precondition is reported by libFuzzer and ASan; the Swift
+# backtracer on top of them only adds noise (and trips ASan itself).
+export SWIFT_BACKTRACE=enable=no
+
+build_http_request() {
+    # HTTPContentCoding imports CTCPTop (for zlib): a module map of our own
+    # for the same header, and shim.c with the libraries it links.
+    mkdir -p "$scratch/ctcptop"
+    printf 'module CTCPTop {\n    header "%s/Sources/CTCPTop/include/CTCPTop.h"\n    export *\n}\n' "$PWD" \
+        >"$scratch/ctcptop/module.modulemap"
+    set -e
+    clang -c -O1 -fsanitize=address -I Sources/CTCPTop/include Sources/CTCPTop/shim.c -o "$scratch/ctcptop/shim.o"
+    swiftc $sanitize -parse-as-library -g -O -module-name FuzzHTTPRequest \
+        -Xcc -fmodule-map-file="$scratch/ctcptop/module.modulemap" \
+        Tests/Fuzz/HTTPRequestFuzz.swift Sources/TCPTopServer/HTTPRequestParser.swift \
+        Sources/TCPTopServer/HTTPMessage.swift Sources/TCPTopServer/HTTPContentCoding.swift \
+        "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -o "$scratch/fuzz-http-request"
+}
+
+build_config() {
+    set -e
+    swift build --scratch-path "$scratch" --target TCPTopCore -Xswiftc "$sanitize" -Xcc -fsanitize=fuzzer-no-link,address
+    local debug="$scratch/debug"
+    swiftc $sanitize -parse-as-library -g -module-name FuzzConfig -I "$debug/Modules" \
+        Tests/Fuzz/ConfigFuzz.swift "$debug"/TCPTopCore.build/*.swift.o "$debug"/Yams.build/*.swift.o \
+        "$debug"/CYaml.build/src/*.o -o "$scratch/fuzz-config"
+}
+
+status=0
+for target in "${targets[@]}"; do
+    case $target in
+        http-request) max_len=10000 ;;  # past the 8 KiB head limit
+        config) max_len=8192 ;;
+        *) echo "fuzz: unknown target $target (http-request, config)" >&2; exit 2 ;;
+    esac
+    # (ld.gold warns about every ASan symbol it cannot export: the build's output goes to a log.)
+    "build_${target//-/_}" >"$scratch/build-$target.log" 2>&1 ||
+        { grep -v 'Cannot export local symbol' "$scratch/build-$target.log" >&2; echo "fuzz: building $target failed" >&2; exit 1; }
+    mkdir -p "$scratch/corpus/$target"
+    echo "fuzz: $target for $seconds s"
+    # -timeout: one input taking 5 s is a hang and fails the run. The outer
+    # timeout bounds the whole run should libFuzzer itself not stop.
+    if timeout --kill-after=10 $((seconds + 60)) "$scratch/fuzz-$target" \
+        -max_total_time="$seconds" -timeout=5 -rss_limit_mb=2048 -max_len="$max_len" -print_final_stats=1 \
+        -artifact_prefix="$scratch/artifacts/$target-" \
+        "$scratch/corpus/$target" "Tests/Fuzz/corpus/$target" >"$scratch/$target.log" 2>&1; then
+        grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec|stat::new_units_added|stat::peak_rss_mb)' \
+            "$scratch/$target.log" | sed "s/^/fuzz: $target /"
+    else
+        status=1
+        echo "fuzz: $target FAILED (log: $scratch/$target.log)" >&2
+        grep -E 'ERROR|Fatal error|Precondition failed|SUMMARY|artifact|Test unit written' "$scratch/$target.log" | head -20 >&2
+    fi
+done
+exit $status
