@@ -16,10 +16,11 @@ final class ExporterProcess {
     /// Starts the daemon on a free loopback port; does not wait for READY.
     /// With `signalsUnblocked`, the daemon starts with no signal blocked, as
     /// systemd starts it (a test thread's mask, which Process passes on,
-    /// blocks SIGHUP and SIGTERM).
+    /// blocks SIGHUP and SIGTERM). `notify` is a socket made by the test
+    /// (e.g. one nobody reads yet), else one read all the time.
     init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort(), environment extra: [String: String] = [:],
-         signalsUnblocked: Bool = false) throws {
-        notify = try NotifySocket()
+         signalsUnblocked: Bool = false, notify given: NotifySocket? = nil) throws {
+        notify = try given ?? NotifySocket()
         self.port = port
         stderrFile = URL(fileURLWithPath: NSTemporaryDirectory() + "tcptop-exporter-\(port).log")
         FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
