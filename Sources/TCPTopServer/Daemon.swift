@@ -90,6 +90,20 @@ public final class Daemon: @unchecked Sendable {
             log.error("\(error)")
             return 1
         }
+        // Before any other thread starts (capabilities are per thread): the
+        // threads started from here on inherit what is left.
+        do {
+            let outcome = try LeastPrivilege.dropAfterAttach(check: tracer.checkReadAccess)
+            var metadata: Logger.Metadata = [
+                "kept": "\(outcome.kept.isEmpty ? "none" : outcome.kept.joined(separator: ","))",
+                "dropped": "\(outcome.dropped)", "bounding_set": "\(outcome.boundingNarrowed ? "narrowed" : "unchanged")",
+                "threads": "\(outcome.threads)",
+            ]
+            if let refusal = outcome.refusedWithout { metadata["refused_without"] = "\(refusal)" }
+            log.info("capabilities dropped", metadata: metadata)
+        } catch {
+            log.warning("capabilities kept: \(error)")
+        }
         installSignalHandlers()
         setRoutes(telemetryPath: config.web.telemetryPath)
         server?.start(handler: handler())
