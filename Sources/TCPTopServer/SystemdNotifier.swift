@@ -42,6 +42,7 @@ public final class SystemdNotifier: @unchecked Sendable {
         public var sent = 0
         public var waitsForRoom = 0  // sends that found the reader's queue full
         public var sendErrors = 0
+        public var coalescedReloads = 0  // RELOADING=1 + READY=1 pairs folded while queued
     }
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment, statusInterval: Double = 10) {
@@ -134,9 +135,23 @@ public final class SystemdNotifier: @unchecked Sendable {
         condition.withLock {
             states.append(message)
             if let status { pendingStatus = status }
+            // Bounded while nobody reads (a SIGHUP storm): a reload that began
+            // and ended while queued tells systemd nothing the next one does
+            // not, so such a pair goes (never the head: it may be on its way).
+            var index = 1
+            while states.count > Self.maximumQueuedStates && index + 1 < states.count - 1 {
+                if states[index].hasPrefix("RELOADING=1"), states[index + 1].hasPrefix("READY=1") {
+                    states.removeSubrange(index...index + 1)
+                    counters.coalescedReloads += 1
+                } else {
+                    index += 1
+                }
+            }
             wakeLocked()
         }
     }
+
+    static let maximumQueuedStates = 16
 
     private func wakeLocked() {
         startThreadIfNeeded()
