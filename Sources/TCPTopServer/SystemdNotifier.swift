@@ -227,6 +227,14 @@ public final class SystemdNotifier: @unchecked Sendable {
                 }
             case EAGAIN:
                 counters.waitsForRoom += 1
+            case EMSGSIZE:
+                // Can never be sent: dropped, not retried forever ahead of the rest.
+                counters.sendErrors += 1
+                switch next! {
+                case .state: states.removeFirst()
+                case .watchdog: watchdogPending = false
+                case .status(let text): noteStatusSentLocked(text)
+                }
             default:
                 counters.sendErrors += 1
             }
@@ -234,7 +242,7 @@ public final class SystemdNotifier: @unchecked Sendable {
             condition.unlock()
 
             switch outcome {
-            case 0: break
+            case 0, EMSGSIZE: break
             case EAGAIN:
                 // The reader's queue is full: wait until it has room (poll
                 // on a connected datagram socket says so), a bounded while,
