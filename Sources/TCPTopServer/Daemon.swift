@@ -101,6 +101,9 @@ public final class Daemon: @unchecked Sendable {
             ]
             if let refusal = outcome.refusedWithout { metadata["refused_without"] = "\(refusal)" }
             log.info("capabilities dropped", metadata: metadata)
+            if outcome.threads > 1 {
+                log.warning("\(outcome.threads - 1) threads started before the capability drop keep what they had")
+            }
         } catch {
             log.warning("capabilities kept: \(error)")
         }
