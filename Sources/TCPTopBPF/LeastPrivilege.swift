@@ -50,6 +50,11 @@ public enum LeastPrivilege {
 
     public struct CapabilityError: Error, CustomStringConvertible { public let description: String }
 
+    /// The drop for a started tracer: `check` is its trial read.
+    public static func dropAfterAttach(_ tracer: TCPTracer) throws -> Outcome {
+        try dropAfterAttach(check: tracer.checkReadAccess)
+    }
+
     public static func dropAfterAttach(check: () throws -> Void) throws -> Outcome {
         let start = try current()
         var refusal: String?
