@@ -11,13 +11,14 @@ import Testing
 /// kernel allows.
 @Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))
 struct CapabilityTests {
-    /// Kernels from 6.5 on check capabilities when a map or program is
-    /// created, not on each bpf() call: reading open maps and links needs
-    /// none. Before, with kernel.unprivileged_bpf_disabled set, every bpf()
-    /// call needs CAP_BPF.
+    /// What reading needs, measured: nothing on 6.1 (Debian 12's guest) and
+    /// on this host's 6.18; CAP_BPF on 5.10 with kernel.unprivileged_bpf_disabled
+    /// set (Debian 11's guest: every bpf() command checked it there; a 2022
+    /// change limited the check to creating objects). Between 5.10 and 6.1
+    /// not measured: not expected here.
     static var expectedKept: String {
         let parts = kernelRelease().split(separator: ".").prefix(2).compactMap { Int($0.prefix { $0.isNumber }) }
-        let recent = parts.count == 2 && (parts[0], parts[1]) >= (6, 5)
+        let recent = parts.count == 2 && (parts[0], parts[1]) >= (6, 1)
         let disabled = (try? String(contentsOfFile: "/proc/sys/kernel/unprivileged_bpf_disabled", encoding: .utf8))
             .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) != "0" } ?? true
         return recent || !disabled ? "none" : "CAP_BPF"

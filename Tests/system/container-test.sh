@@ -211,12 +211,12 @@ field() { awk -v f="$1:" '$1 == f { print $2 }' <<<"$proc_status"; }
 uid=$(field Uid)
 # CAP_PERFMON is bit 38, CAP_BPF bit 39: AmbientCapabilities=CAP_BPF CAP_PERFMON
 # grants both to load and attach; after attach the daemon keeps only what
-# reading needs: nothing from Linux 6.5 on (capabilities are checked when a
-# map or program is created), CAP_BPF before (every bpf() call checks it).
-# The bounding set stays the unit's (narrowing it needs CAP_SETPCAP).
+# reading needs: nothing on 6.1 and later (measured: capabilities are checked
+# when a map or program is created), CAP_BPF before (5.10: every bpf() call
+# checks it). The bounding set stays the unit's (narrowing it needs CAP_SETPCAP).
 granted_caps=000000c000000000
 release=$(uname -r)
-if [ "$(printf '%s\n6.5\n' "${release%%-*}" | sort -V | head -1)" = 6.5 ]; then
+if [ "$(printf '%s\n6.1\n' "${release%%-*}" | sort -V | head -1)" = 6.1 ]; then
     want_caps=0000000000000000 kept=none
 else
     want_caps=0000008000000000 kept=CAP_BPF

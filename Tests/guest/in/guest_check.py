@@ -56,7 +56,7 @@ EXPECT = {
                          ("socket_hash", ["--bpf.read-path=socket_hash"], ("tp_btf", "socket_hash"), None, []),
                          ("raw_tp", ["--bpf.attach-mode=raw_tp"], ("raw_tp", "socket_hash"),
                           ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_send"], [])]),
-    "6.1": dict(release="6.1.", tracepoints=False, recvmsg_args=5, read_caps="CAP_BPF",
+    "6.1": dict(release="6.1.", tracepoints=False, recvmsg_args=5, read_caps="none",
                 auto=("fexit", "storage_iterator"), may_refuse=False,
                 # tcp_sendpage still exists on 6.1
                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_fexit_recv5", "tcptop_fexit_send",
@@ -482,7 +482,12 @@ def caps_check(want, journal):
                 pass  # a thread that ended
     except OSError:
         pass
-    emit(f"# capabilities after attach: kept {kept}; CapEff/CapPrm of every thread: {' '.join(sorted(values))}")
+    try:
+        sysctl = open("/proc/sys/kernel/unprivileged_bpf_disabled").read().strip()
+    except OSError:
+        sysctl = "?"
+    emit(f"# capabilities after attach: kept {kept}; CapEff/CapPrm of every thread: {' '.join(sorted(values))}; "
+         f"kernel.unprivileged_bpf_disabled={sysctl}")
     check(kept == want and values == {CAP_MASKS.get(want)},
           f"after attach the service keeps {want} for reading, in every thread", f"{line} | {sorted(values)}")
 
