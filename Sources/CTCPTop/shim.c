@@ -1,6 +1,11 @@
 #include "CTCPTop.h"
 #include <stdarg.h>
 #include <stdio.h>
+#include <errno.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static tcptop_log_fn current_logger;
 
@@ -31,3 +36,52 @@ int tcptop_deflate_init_gzip(z_stream *stream, int level)
  * tear or reorder. */
 uint32_t tcptop_load_acquire_u32(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
 void tcptop_store_release_u32(uint32_t *word, uint32_t value) { __atomic_store_n(word, value, __ATOMIC_RELEASE); }
+
+int tcptop_caps_get(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable)
+{
+	struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct data[2] = { 0 };
+	if (syscall(SYS_capget, &header, data) != 0)
+		return -1;
+	*effective = (uint64_t)data[1].effective << 32 | data[0].effective;
+	*permitted = (uint64_t)data[1].permitted << 32 | data[0].permitted;
+	*inheritable = (uint64_t)data[1].inheritable << 32 | data[0].inheritable;
+	return 0;
+}
+
+int tcptop_caps_set(uint64_t effective, uint64_t permitted, uint64_t inheritable)
+{
+	struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+	struct __user_cap_data_struct data[2] = {
+		{ .effective = (uint32_t)effective, .permitted = (uint32_t)permitted, .inheritable = (uint32_t)inheritable },
+		{ .effective = (uint32_t)(effective >> 32), .permitted = (uint32_t)(permitted >> 32),
+		  .inheritable = (uint32_t)(inheritable >> 32) },
+	};
+	return (int)syscall(SYS_capset, &header, data);
+}
+
+int tcptop_capbset_read(int cap)
+{
+	int in = prctl(PR_CAPBSET_READ, (unsigned long)cap, 0UL, 0UL, 0UL);
+	return in < 0 ? -1 : in;
+}
+
+int tcptop_capbset_drop(int cap)
+{
+	return prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0UL, 0UL, 0UL);
+}
+
+int tcptop_ambient_clear_all(void)
+{
+	return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0UL, 0UL, 0UL);
+}
+
+int tcptop_cap_last(void)
+{
+	int last = 40;
+	while (last < 63 && prctl(PR_CAPBSET_READ, (unsigned long)(last + 1), 0UL, 0UL, 0UL) >= 0)
+		last++;
+	while (last > 0 && prctl(PR_CAPBSET_READ, (unsigned long)last, 0UL, 0UL, 0UL) < 0)
+		last--;
+	return last;
+}

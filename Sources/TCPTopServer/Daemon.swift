@@ -25,13 +25,15 @@ public final class Daemon: @unchecked Sendable {
     private let logSettings: LogSettings
     private let log: Logger
     private let queue = DispatchQueue(label: "tcptop.daemon")
+    /// The watchdog's own queue: a poll or a reload on `queue` never delays a
+    /// ping, and a ping never waits for either (it asks a clock, not a lock).
+    private let watchdogQueue = DispatchQueue(label: "tcptop.watchdog")
     private let stopped = DispatchSemaphore(value: 0)
     private var config: ExporterConfig
     private var collector: MetricsCollector!
     private var server: HTTPServer?
     private let routerLock = NSLock()
     private var router = HTTPRouter()
-    private var lastStatus = ""
     private var timers: [DispatchSourceTimer] = []
     private var signalSources: [DispatchSourceSignal] = []
 
@@ -88,12 +90,30 @@ public final class Daemon: @unchecked Sendable {
             log.error("\(error)")
             return 1
         }
+        // Before any other thread starts (capabilities are per thread): the
+        // threads started from here on inherit what is left.
+        do {
+            let outcome = try LeastPrivilege.dropAfterAttach(check: tracer.checkReadAccess)
+            var metadata: Logger.Metadata = [
+                "kept": "\(outcome.kept.isEmpty ? "none" : outcome.kept.joined(separator: ","))",
+                "dropped": "\(outcome.dropped)", "bounding_set": "\(outcome.boundingNarrowed ? "narrowed" : "unchanged")",
+                "threads": "\(outcome.threads)",
+            ]
+            if let refusal = outcome.refusedWithout { metadata["refused_without"] = "\(refusal)" }
+            log.info("capabilities dropped", metadata: metadata)
+            if outcome.threads > 1 {
+                log.warning("\(outcome.threads - 1) threads started before the capability drop keep what they had")
+            }
+        } catch {
+            log.warning("capabilities kept: \(error)")
+        }
         installSignalHandlers()
         setRoutes(telemetryPath: config.web.telemetryPath)
         server?.start(handler: handler())
         queue.sync { startTimers(pollInterval: config.connections.pollInterval.inSeconds) }
         let listening = server?.boundAddresses.map(\.description).joined(separator: ", ") ?? ""
         log.info("listening", metadata: ["address": "\(listening)", "telemetry_path": "\(config.web.telemetryPath)"])
+        notifier.start()
         notifier.ready(status: statusText())
 
         stopped.wait()
@@ -105,6 +125,9 @@ public final class Daemon: @unchecked Sendable {
         server?.stop()
         server = nil
         collector = nil  // the last reference to the tracer: its deinit detaches the programs
+        // STOPPING=1 has been asked for; a reader that is not reading does
+        // not hold the exit past a second.
+        if !notifier.flush(timeout: 1) { log.warning("sd_notify: STOPPING=1 not read by systemd within 1 s") }
         log.info("stopped; BPF programs detached")
         return 0
     }
@@ -138,12 +161,9 @@ public final class Daemon: @unchecked Sendable {
         timers.append(repeating(every: pollInterval) { [self] in
             do {
                 try collector.poll()
-                // Only changes are sent: sd_notify blocks when nobody reads.
-                let status = statusText()
-                if status != lastStatus {
-                    notifier.status(status)
-                    lastStatus = status
-                }
+                // Never waits: the notifier keeps only the latest text and
+                // sends it when it is new (at most every statusInterval).
+                notifier.status(statusText())
             } catch {
                 log.warning("reading the kernel maps failed: \(error)")
             }
@@ -153,14 +173,16 @@ public final class Daemon: @unchecked Sendable {
             // collector stops the pings and systemd restarts the daemon.
             let healthyWithin = max(watchdog, 2 * pollInterval)
             log.info("watchdog enabled", metadata: ["interval_seconds": "\(watchdog)"])
-            timers.append(repeating(every: watchdog / 2) { [self] in
+            let collector = collector!
+            timers.append(repeating(every: watchdog / 2, on: watchdogQueue) { [notifier] in
                 if collector.secondsSinceLastRead <= healthyWithin { notifier.watchdogPing() }
             })
         }
     }
 
-    private func repeating(every seconds: Double, _ work: @escaping @Sendable () -> Void) -> DispatchSourceTimer {
-        let timer = DispatchSource.makeTimerSource(queue: queue)
+    private func repeating(every seconds: Double, on timerQueue: DispatchQueue? = nil,
+                           _ work: @escaping @Sendable () -> Void) -> DispatchSourceTimer {
+        let timer = DispatchSource.makeTimerSource(queue: timerQueue ?? queue)
         timer.schedule(deadline: .now() + seconds, repeating: seconds, leeway: .milliseconds(100))
         timer.setEventHandler(handler: work)
         timer.resume()

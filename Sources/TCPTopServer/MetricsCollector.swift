@@ -24,13 +24,20 @@ public final class MetricsCollector: @unchecked Sendable {
     private var readErrors: UInt64 = 0
     private var scrapeCount: UInt64 = 0
     private var scrapeSeconds = 0.0
-    private var lastSuccessfulRead: Double
+    /// Its own lock, not the scrape lock: the watchdog asks it while a long
+    /// queue of scrapes waits for the collector.
+    private let readClockLock = NSLock()
+    private var lastSuccessfulReadValue: Double
+    private var lastSuccessfulRead: Double {
+        get { readClockLock.withLock { lastSuccessfulReadValue } }
+        set { readClockLock.withLock { lastSuccessfulReadValue = newValue } }
+    }
 
     public init(tracer: TCPTracer, registry: ConnectionRegistry, version: String) {
         self.tracer = tracer
         self.registry = registry
         self.info = SelfInfo(version: version, mapCapacity: tracer.mapCapacity, attachMode: tracer.attachMode, readPath: tracer.readPath)
-        self.lastSuccessfulRead = monotonicSeconds()
+        self.lastSuccessfulReadValue = monotonicSeconds()
     }
 
     /// Collects closed connections between scrapes, so the kernel maps keep
@@ -52,9 +59,7 @@ public final class MetricsCollector: @unchecked Sendable {
 
     /// Seconds since the kernel was last read successfully (for the watchdog).
     public var secondsSinceLastRead: Double {
-        lock.lock()
-        defer { lock.unlock() }
-        return monotonicSeconds() - lastSuccessfulRead
+        monotonicSeconds() - lastSuccessfulRead
     }
 
     public var trackedConnections: Int {

@@ -25,6 +25,9 @@ struct TopRunner {
             Output.error("\(error)")
             return 1
         }
+        // Attached: keep only what reading needs (none on Linux 6.5 and
+        // later), before any other thread starts. Refused, it keeps what it had.
+        _ = try? LeastPrivilege.dropAfterAttach(tracer!)
         // The tracer counts from attach: the first interval starts now.
         var counter = TopIntervalCounter<ConnectionID>()
         let status = loop(summary: { Self.loadSummary() }) {

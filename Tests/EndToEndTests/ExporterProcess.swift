@@ -18,10 +18,11 @@ final class ExporterProcess {
     /// systemd starts it (a test thread's mask, which Process passes on,
     /// blocks SIGHUP and SIGTERM). With `stderrReaderGone`, stderr is a
     /// pipe whose read end is closed before the daemon starts: every log
-    /// write fails with EPIPE (and `log` is empty).
+    /// write fails with EPIPE (and `log` is empty). `notify` is a socket made
+    /// by the test (e.g. one nobody reads yet), else one read all the time.
     init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort(), environment extra: [String: String] = [:],
-         signalsUnblocked: Bool = false, stderrReaderGone: Bool = false) throws {
-        notify = try NotifySocket()
+         signalsUnblocked: Bool = false, stderrReaderGone: Bool = false, notify given: NotifySocket? = nil) throws {
+        notify = try given ?? NotifySocket()
         self.port = port
         stderrFile = URL(fileURLWithPath: NSTemporaryDirectory() + "tcptop-exporter-\(port).log")
         FileManager.default.createFile(atPath: stderrFile.path, contents: nil)

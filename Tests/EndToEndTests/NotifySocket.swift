@@ -3,7 +3,9 @@ import Glibc
 
 /// A NOTIFY_SOCKET like systemd's: a datagram socket the daemon under test
 /// sends its sd_notify messages to. Like systemd, it reads all the time (a
-/// background thread), so the sender never finds the socket full.
+/// background thread), so the sender never finds the socket full; or, with
+/// `reading: false`, nobody reads it until `startReading()`, like a stuck
+/// PID 1 (`fill()` then takes the room the kernel leaves in its queue).
 final class NotifySocket: @unchecked Sendable {
     let path: String
     private let fd: Int32
@@ -13,7 +15,7 @@ final class NotifySocket: @unchecked Sendable {
 
     var messages: [String] { lock.withLock { received } }
 
-    init() throws {
+    init(reading: Bool = true) throws {
         path = NSTemporaryDirectory() + "tcptop-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         var address = sockaddr_un()
@@ -25,16 +27,56 @@ final class NotifySocket: @unchecked Sendable {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard bound == 0 else { throw PeerError(description: "bind notify socket: \(String(cString: strerror(errno)))") }
-        Thread.detachNewThread { [self] in receiveLoop() }
+        if reading { startReading() }
+    }
+
+    private var readerStarted = false
+
+    /// Starts the reader thread (once).
+    func startReading() {
+        let start = lock.withLock {
+            defer { readerStarted = true }
+            return !readerStarted && !closed
+        }
+        if start { Thread.detachNewThread { [self] in receiveLoop() } }
+    }
+
+    /// Sends datagrams to the socket from another one until the kernel says
+    /// its queue is full (EAGAIN); returns how many fit. Each is "FILLER=n".
+    func fill() throws -> Int {
+        let sender = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        defer { Glibc.close(sender) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(sender, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { throw PeerError(description: "connect notify socket: \(String(cString: strerror(errno)))") }
+        for count in 0..<10_000 {
+            let bytes = Array("FILLER=\(count)".utf8)
+            if send(sender, bytes, bytes.count, Int32(MSG_DONTWAIT)) < 0 {
+                guard errno == EAGAIN else { throw PeerError(description: "filling notify socket: \(String(cString: strerror(errno)))") }
+                return count
+            }
+        }
+        throw PeerError(description: "the notify socket took 10000 datagrams without filling")
     }
 
     deinit {
         unlink(path)
     }
 
-    /// Ends the reader thread, which closes the socket.
+    /// Ends the reader thread, which closes the socket (closes it here if
+    /// it never started).
     func close() {
-        lock.withLock { closed = true }
+        let closeHere = lock.withLock {
+            defer { closed = true }
+            return !readerStarted && !closed
+        }
+        if closeHere { Glibc.close(fd) }
     }
 
     private func receiveLoop() {

@@ -203,6 +203,25 @@ struct TcptopTests {
         #expect(output.stdout.isEmpty)
     }
 
+    /// Attached, tcptop keeps only what reading needs, in every thread, and its table stays exact.
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
+    func keepsOnlyWhatReadingNeedsAfterAttach() throws {
+        let top = try TcptopRun(["-C", "1", "2"])
+        try top.waitForTracing()
+        let pid = top.process.processIdentifier
+        let expected: UInt64 = CapabilityTests.expectedKept == "none" ? 0 : 1 << 39
+        for task in try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8) else { continue }
+            for field in ["CapEff", "CapPrm", "CapBnd"] { #expect(capabilityField(status, field) == expected, "\(field)") }
+            for field in ["CapInh", "CapAmb"] { #expect(capabilityField(status, field) == 0, "\(field)") }
+        }
+        let exchange = try TrafficPeers.exchange(family: "4", clientName: "tt-capcli", serverName: "tt-capsrv",
+                                                 clientSends: 300 * 1024, serverSends: 200 * 1024 + 1000, seed: 9)
+        let output = try top.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        try expectExchange(exchange, in: output)
+    }
+
     /// Both ends of the exchange: pid, name, addresses, KB summed over the intervals
     /// (a transfer may straddle two intervals; each interval rounds down).
     private func expectExchange(_ exchange: TrafficPeers.Exchange, in output: TcptopOutput) throws {

@@ -20,6 +20,18 @@ void tcptop_set_libbpf_logger(tcptop_log_fn fn);
 uint32_t tcptop_load_acquire_u32(const uint32_t *word);
 void tcptop_store_release_u32(uint32_t *word, uint32_t value);
 
+/* Capabilities of the calling thread (capget/capset have no glibc wrapper;
+ * prctl is variadic). Sets are bit masks, bit n = capability n. Each returns
+ * 0, or -1 with errno set. */
+int tcptop_caps_get(uint64_t *effective, uint64_t *permitted, uint64_t *inheritable);
+int tcptop_caps_set(uint64_t effective, uint64_t permitted, uint64_t inheritable);
+/* The bounding set: 1 when `cap` is in it, 0 when not, -1 past the last. */
+int tcptop_capbset_read(int cap);
+int tcptop_capbset_drop(int cap);
+int tcptop_ambient_clear_all(void);
+/* The highest capability number this kernel knows. */
+int tcptop_cap_last(void);
+
 /* zlib's deflateInit2 is a macro. */
 int tcptop_deflate_init_gzip(z_stream *stream, int level);
 

@@ -49,14 +49,14 @@ KPROBE_PROGRAMS = ["tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe
                    "tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage", "tcptop_destroy", "tcptop_thread_exit"]
 EXPECT = {
     # The only kernel CI boots that allows the fast path: it must be chosen.
-    "6.12": dict(release="6.12.", tracepoints=True, recvmsg_args=5,
+    "6.12": dict(release="6.12.", tracepoints=True, recvmsg_args=5, read_caps="none",
                  auto=("tp_btf", "storage_iterator"), may_refuse=False,
                  programs=["tcptop_destroy", "tcptop_dump", "tcptop_recv", "tcptop_send"],
                  passes=[("storage_array", ["--bpf.read-path=storage_array"], ("tp_btf", "storage_array"), None, []),
                          ("socket_hash", ["--bpf.read-path=socket_hash"], ("tp_btf", "socket_hash"), None, []),
                          ("raw_tp", ["--bpf.attach-mode=raw_tp"], ("raw_tp", "socket_hash"),
                           ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_send"], [])]),
-    "6.1": dict(release="6.1.", tracepoints=False, recvmsg_args=5,
+    "6.1": dict(release="6.1.", tracepoints=False, recvmsg_args=5, read_caps="none",
                 auto=("fexit", "storage_iterator"), may_refuse=False,
                 # tcp_sendpage still exists on 6.1
                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_fexit_recv5", "tcptop_fexit_send",
@@ -67,7 +67,7 @@ EXPECT = {
                         ("socket_hash", ["--bpf.read-path=socket_hash"], ("fexit", "socket_hash"), None, [])]),
     # bpf_sk_storage_get from tracing programs came in 5.11: fexit steps down
     # past both socket-storage read paths (EINVAL, an unknown helper) to the hash.
-    "5.10": dict(release="5.10.", tracepoints=False, recvmsg_args=6,
+    "5.10": dict(release="5.10.", tracepoints=False, recvmsg_args=6, read_caps="CAP_BPF",
                  auto=("fexit", "socket_hash"), may_refuse=False,
                  programs=["tcptop_destroy", "tcptop_fexit_recv6", "tcptop_fexit_send", "tcptop_fexit_sendpage"],
                  passes=[("kprobe", ["--bpf.attach-mode=kprobe"], ("kprobe", "socket_hash"), None, [])]),
@@ -461,6 +461,37 @@ def install():
     run("systemctl", "daemon-reload")
 
 
+CAP_MASKS = {"none": "0000000000000000", "CAP_BPF": "0000008000000000"}
+
+
+def caps_check(want, journal):
+    """After attach the service keeps only what reading needs on this kernel
+    (found by trying; `read_caps` says what we expect), in every thread."""
+    pid = run("systemctl", "show", UNIT, "-p", "MainPID", "--value").stdout.strip()
+    line = next((l for l in journal.splitlines() if 'msg="capabilities dropped"' in l), "")
+    kept = re.search(r"kept=(\S+)", line)
+    kept = kept.group(1) if kept else "?"
+    values = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                for field in open(f"/proc/{pid}/task/{task}/status").read().splitlines():
+                    if field.startswith(("CapEff:", "CapPrm:")):
+                        values.add(field.split()[1])
+            except OSError:
+                pass  # a thread that ended
+    except OSError:
+        pass
+    try:
+        sysctl = open("/proc/sys/kernel/unprivileged_bpf_disabled").read().strip()
+    except OSError:
+        sysctl = "?"
+    emit(f"# capabilities after attach: kept {kept}; CapEff/CapPrm of every thread: {' '.join(sorted(values))}; "
+         f"kernel.unprivileged_bpf_disabled={sysctl}")
+    check(kept == want and values == {CAP_MASKS.get(want)},
+          f"after attach the service keeps {want} for reading, in every thread", f"{line} | {sorted(values)}")
+
+
 def unit_pass(expect):
     """auto, under systemd with the shipped unit. Returns seconds taken
     (start, traffic), or None where it did not serve."""
@@ -484,6 +515,7 @@ def unit_pass(expect):
     text = scrape()
     check_choice("auto", expect["auto"], text, journal.splitlines())
     check_programs("auto", expect["programs"])
+    caps_check(expect["read_caps"], journal)
 
     t = time.monotonic()
     ends = traffic_checks("auto", "t", seed=1)
