@@ -27,7 +27,7 @@ struct ExporterCommand: ParsableCommand {
     var attachMode: String?
 
     @Option(name: .customLong("bpf.read-path"),
-            help: "How counters are read: auto, storage_iterator or socket_hash. (default: auto: the best the kernel allows)")
+            help: "How counters are read: auto, storage_iterator, storage_array or socket_hash. (default: auto: the best the kernel allows)")
     var readPath: String?
 
     @Option(name: .customLong("log.level"), help: "debug, info, warn or error. (default: info)")
