@@ -132,13 +132,13 @@ public final class Daemon: @unchecked Sendable {
         return 0
     }
 
-    private static func bindServer(_ web: WebConfig, log: Logger) throws -> HTTPServer {
+    private static func bindServer(_ web: WebConfig, log: Logger, predecessor: HTTPServer? = nil) throws -> HTTPServer {
         var configuration = HTTPServer.Configuration()
         configuration.maxConcurrentRequests = web.maxRequests
         configuration.headReadTimeout = web.readTimeout
         configuration.writeTimeout = web.writeTimeout
         let addresses = web.listenAddresses.map { HTTPListenAddress(host: $0.host, port: $0.port) }
-        return try HTTPServer(listenAddresses: addresses, configuration: configuration, logger: log)
+        return try HTTPServer(listenAddresses: addresses, configuration: configuration, logger: log, predecessor: predecessor)
     }
 
     private func handler() -> HTTPHandler {
@@ -245,21 +245,23 @@ public final class Daemon: @unchecked Sendable {
             startTimers(pollInterval: new.connections.pollInterval.inSeconds)
         }
         if new.web != config.web {
-            // Listeners are rebound only when the web settings changed; on
-            // failure the old ones are bound again.
-            server?.stop()
+            // The new listeners are bound (an unchanged address shares the
+            // running socket) and serving before the old ones stop, so an
+            // address that stays never stops accepting; if one cannot be
+            // bound, the running listeners were never touched.
+            let previous = server
             do {
-                server = try Self.bindServer(new.web, log: log)
+                let replacement = try Self.bindServer(new.web, log: log, predecessor: previous)
+                replacement.start(handler: handler())
+                server = replacement
+                previous?.stop()
             } catch {
-                log.error("reload: \(error); keeping the previous listen addresses")
-                server = try? Self.bindServer(config.web, log: log)
-                server?.start(handler: handler())
+                log.error("reload: \(error); the previous listeners keep serving")
                 var kept = new
                 kept.web = config.web
                 apply(kept)
                 return
             }
-            server?.start(handler: handler())
         }
         apply(new)
         log.info("configuration reloaded")

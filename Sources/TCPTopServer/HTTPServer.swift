@@ -39,6 +39,8 @@ public final class HTTPServer: Sendable {
     private let configuration: Configuration
     private let logger: Logger
     private let listenerFDs: [Int32]
+    /// The listeners of each address asked for, to hand to a successor.
+    private let listenersByAddress: [HTTPListenAddress: [HTTPListener]]
     /// Written once on stop; its read end stays readable and wakes every poll that watches it.
     private let stopPipe: (read: Int32, write: Int32)
     private let state = Mutex(State())
@@ -54,12 +56,24 @@ public final class HTTPServer: Sendable {
 
     /// Binds and listens on every address; throws the first failure as one line,
     /// e.g. `listen 127.0.0.1:9435: Address already in use`, after closing the rest.
+    /// With `predecessor` (a reload), an address it listens on already is
+    /// not bound again: its sockets are shared (dup), so that address never
+    /// stops accepting, and the predecessor, still serving, is untouched if
+    /// another address fails.
     public init(listenAddresses: [HTTPListenAddress], configuration: Configuration = Configuration(),
-                logger: Logger = Logger(label: "tcptop.http")) throws(HTTPBindError) {
+                logger: Logger = Logger(label: "tcptop.http"), predecessor: HTTPServer? = nil) throws(HTTPBindError) {
         var listeners: [HTTPListener] = []
+        var byAddress: [HTTPListenAddress: [HTTPListener]] = [:]
         do {
-            for address in listenAddresses {
-                listeners += try HTTPListener.bind(address, backlog: configuration.listenBacklog)
+            for address in listenAddresses where byAddress[address] == nil {
+                let bound: [HTTPListener]
+                if let shared = try predecessor?.sharedListeners(for: address) {
+                    bound = shared
+                } else {
+                    bound = try HTTPListener.bind(address, backlog: configuration.listenBacklog)
+                }
+                byAddress[address] = bound
+                listeners += bound
             }
         } catch {
             for listener in listeners { close(listener.fd) }
@@ -75,6 +89,7 @@ public final class HTTPServer: Sendable {
         }
         self.boundAddresses = listeners.map(\.address)
         self.listenerFDs = listeners.map(\.fd)
+        self.listenersByAddress = byAddress
         self.stopPipe = (pipeFDs[0], pipeFDs[1])
         self.configuration = configuration
         self.logger = logger
@@ -212,6 +227,26 @@ public final class HTTPServer: Sendable {
         state.withLock { state in
             state.connections.remove(fd)
             close(fd)
+        }
+    }
+
+    /// Copies (dup) of the sockets listening for `address`, or nil when it
+    /// has none or they are closed already.
+    private func sharedListeners(for address: HTTPListenAddress) throws(HTTPBindError) -> [HTTPListener]? {
+        guard let listeners = listenersByAddress[address] else { return nil }
+        return try state.withLock { state throws(HTTPBindError) -> [HTTPListener]? in
+            if state.listenersClosed { return nil }
+            var copies: [HTTPListener] = []
+            for listener in listeners {
+                let copy = fcntl(listener.fd, F_DUPFD_CLOEXEC, 0)
+                guard copy >= 0 else {
+                    let reason = "dup: " + String(cString: strerror(errno))
+                    for made in copies { close(made.fd) }
+                    throw HTTPBindError(address: listener.address.description, reason: reason)
+                }
+                copies.append(HTTPListener(fd: copy, address: listener.address))
+            }
+            return copies
         }
     }
 

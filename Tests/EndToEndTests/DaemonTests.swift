@@ -244,6 +244,114 @@ struct DaemonTests {
     }
 }
 
+/// A reload that changes `web`: an address that stays never stops
+/// accepting (its socket is shared with the new listeners), and one that
+/// cannot be bound leaves the running listeners serving.
+@Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))
+struct ReloadListenerTests {
+    @Test func aReloadThatChangesWebNeverLosesTheListener() throws {
+        let port = ExporterProcess.freePort(), held = ExporterProcess.freePort()
+        // The test's own socket holds `held`: the daemon cannot bind it.
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = held.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        try #require(bound == 0 && listen(holder, 1) == 0)
+
+        let path = try writeConfig("web: {listen_addresses: [\"127.0.0.1:\(port)\"]}\n")
+        let daemon = try ExporterProcess(arguments: ["--config.file=\(path)"], port: port, listenFlags: false)
+        try daemon.waitReady()
+
+        try "web: {listen_addresses: [\"127.0.0.1:\(port)\", \"127.0.0.1:\(held)\"]}\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        try daemon.reload()
+        #expect(daemon.log.contains("listen 127.0.0.1:\(held): Address already in use; the previous listeners keep serving"))
+        #expect(try daemon.get("/metrics").status == 200)
+
+        // A web change that keeps the address, while a client connects over
+        // and over, and an idle client holds a connection: the old listeners
+        // wait for it (up to their grace period) before they close.
+        let idle = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(idle) }
+        address.sin_port = port.bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(idle, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        try #require(connected == 0)
+        let listeningBefore = try listeningSocketInode(port: port)
+        let prober = ConnectProber(port: port)
+        try "web: {listen_addresses: [\"127.0.0.1:\(port)\"], read_timeout: 7s}\n"
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        try daemon.reload()
+        // The very same listening socket: the address was never unbound.
+        #expect(try listeningSocketInode(port: port) == listeningBefore)
+        let (attempts, refused) = prober.stop()
+        #expect(daemon.log.contains("configuration reloaded"))
+        #expect(attempts > 0 && refused == 0, "\(refused) of \(attempts) connects refused during the reload")
+        #expect(try daemon.get("/metrics").status == 200)
+        daemon.signal(SIGTERM)
+        #expect(try daemon.waitExit() == 0)
+    }
+}
+
+/// The inode of the socket listening on 127.0.0.1:port (/proc/net/tcp).
+func listeningSocketInode(port: UInt16) throws -> String {
+    // Read to the end: String(contentsOfFile:) can stop after one page of a /proc file.
+    guard let handle = FileHandle(forReadingAtPath: "/proc/net/tcp") else { throw PeerError(description: "no /proc/net/tcp") }
+    defer { try? handle.close() }
+    let table = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+    let local = String(format: "0100007F:%04X", port)
+    for line in table.split(separator: "\n") {
+        let fields = line.split(separator: " ")
+        // sl local_address rem_address st ... inode (10th field)
+        if fields.count > 9, fields[1] == local, fields[3] == "0A" { return String(fields[9]) }
+    }
+    throw PeerError(description: "nothing listens on 127.0.0.1:\(port)")
+}
+
+/// Connects to 127.0.0.1:port over and over on a thread of its own (at most
+/// 30 s) and counts the connects refused.
+final class ConnectProber: @unchecked Sendable {
+    private let lock = NSLock()
+    private var running = true, attempts = 0, refused = 0
+    private let done = DispatchSemaphore(value: 0)
+
+    init(port: UInt16) {
+        Thread.detachNewThread { [self] in
+            let deadline = Date().addingTimeInterval(30)
+            while lock.withLock({ running }), Date() < deadline {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = port.bigEndian
+                address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+                let result = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                let wasRefused = result != 0 && errno == ECONNREFUSED
+                close(fd)
+                lock.withLock {
+                    attempts += 1
+                    if wasRefused { refused += 1 }
+                }
+            }
+            done.signal()
+        }
+    }
+
+    /// Stops probing; returns (attempts, refused).
+    func stop() -> (Int, Int) {
+        lock.withLock { running = false }
+        _ = done.wait(timeout: .now() + 35)
+        return lock.withLock { (attempts, refused) }
+    }
+}
+
 /// As systemd starts it, with no signal blocked: a SIGHUP sent right after
 /// READY=1 (systemctl reload just after start) is a reload, never lost.
 @Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))

@@ -20,14 +20,18 @@ final class ExporterProcess {
     /// pipe whose read end is closed before the daemon starts: every log
     /// write fails with EPIPE (and `log` is empty). `notify` is a socket made
     /// by the test (e.g. one nobody reads yet), else one read all the time.
+    /// Without `listenFlags`, the listen addresses come from the config
+    /// (they must include 127.0.0.1:`port`).
     init(arguments: [String] = [], port: UInt16 = ExporterProcess.freePort(), environment extra: [String: String] = [:],
-         signalsUnblocked: Bool = false, stderrReaderGone: Bool = false, notify given: NotifySocket? = nil) throws {
+         signalsUnblocked: Bool = false, stderrReaderGone: Bool = false, notify given: NotifySocket? = nil,
+         listenFlags: Bool = true) throws {
         notify = try given ?? NotifySocket()
         self.port = port
         stderrFile = URL(fileURLWithPath: NSTemporaryDirectory() + "tcptop-exporter-\(port).log")
         FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
-        let command = [Self.binary("tcptop-exporter"), "--web.listen-address=127.0.0.1:\(port)",
-                       "--web.listen-address=[::1]:\(port)"] + arguments
+        let command = [Self.binary("tcptop-exporter")]
+            + (listenFlags ? ["--web.listen-address=127.0.0.1:\(port)", "--web.listen-address=[::1]:\(port)"] : [])
+            + arguments
         if signalsUnblocked {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
             process.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv(sys.argv[1], sys.argv[1:])"]
