@@ -201,6 +201,17 @@ public struct PlanSelection: Sendable {
     }
 }
 
+extension AttachPlan.Hooks {
+    /// The `bpf.attach_mode` value that forces these hooks (the names are
+    /// the config's, which a test checks).
+    public var configValue: BPFAttachMode { BPFAttachMode(rawValue: rawValue)! }
+}
+
+extension AttachPlan.ReadPath {
+    /// The `bpf.read_path` value that forces this read path.
+    public var configValue: BPFReadPath { BPFReadPath(rawValue: rawValue)! }
+}
+
 extension BPFProgram {
     /// The program kind, from its ELF section ("tp_btf", "iter", ...).
     public var kind: String { String(section.prefix { $0 != "/" }) }

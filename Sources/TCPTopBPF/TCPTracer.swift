@@ -48,6 +48,8 @@ public final class TCPTracer {
     private var links: [OpaquePointer] = []
     /// The socket-storage iterator: every read creates one pass over it.
     var iteratorLink: OpaquePointer?
+    /// The socket storage the iterator walks (storage_iterator).
+    let socketsFD: Int32
     /// Owner counters by socket address (the socket-hash read path).
     let socketOwnersFD: Int32
     let sharedConnectionsFD: Int32
@@ -80,9 +82,7 @@ public final class TCPTracer {
         var selection = PlanSelection(plans)
         while let plan = selection.next() {
             do {
-                let why = selection.refusals.isEmpty ? firstChoiceReason(options, kernel: kernel, impossible: impossible)
-                    : "\(options.attachMode == .auto && options.readPath == .auto ? "auto" : "configured"), after: "
-                        + selection.refusals.joined(separator: "; ")
+                let why = reason(options, kernel: kernel, impossible: impossible, refusals: selection.refusals)
                 return try start(options, plan: plan, reason: "\(plan.name) (\(why))")
             } catch let refusal as KernelRefusal {
                 log("libbpf: giving up \(plan.name): \(refusal)")
@@ -93,8 +93,12 @@ public final class TCPTracer {
                           + (selection.refusals + impossible).joined(separator: "; "))
     }
 
-    private static func firstChoiceReason(_ options: Options, kernel: KernelHooks, impossible: [String]) -> String {
-        if options.attachMode != .auto || options.readPath != .auto { return "configured" }
+    /// Why the plan about to be tried is taken: forced, or auto's best, or
+    /// what the kernel refused before it.
+    private static func reason(_ options: Options, kernel: KernelHooks, impossible: [String], refusals: [String]) -> String {
+        let forced = options.attachMode != .auto || options.readPath != .auto
+        if !refusals.isEmpty { return "\(forced ? "configured" : "auto"), after: " + refusals.joined(separator: "; ") }
+        if forced { return "configured" }
         return "auto: the first plan kernel \(kernel.release) allows"
             + (impossible.isEmpty ? "" : "; not possible here: " + impossible.joined(separator: "; "))
     }
@@ -150,6 +154,7 @@ public final class TCPTracer {
                 throw LoadFailure(code: err, tracerError: TracerError.libbpf("loading BPF programs (\(plan.name))", code: err))
             }
             if let path = options.cgroupPath { try Self.setCgroupFilter(maps[.cgroupFilter]!, path: path) }
+            socketsFD = bpf_map__fd(maps[.sockets]!)
             socketOwnersFD = bpf_map__fd(maps[.skOwners]!)
             sharedConnectionsFD = bpf_map__fd(maps[.conns]!)
             closedCookiesFD = bpf_map__fd(maps[.closed]!)
@@ -254,22 +259,15 @@ public final class TCPTracer {
                 iteratorLink = try attachIterator(handle, program: program)
                 continue
             }
-            guard let link = bpf_program__attach(handle) else {
-                let code = -errno
-                if KernelRefusal.isRefusal(code) { throw KernelRefusal(program: program, stage: .attach, code: code) }
-                throw TracerError.libbpf("attaching \(program.rawValue)", code: code)
-            }
+            guard let link = bpf_program__attach(handle) else { throw Self.attachFailure(program, code: -errno) }
             links.append(link)
         }
     }
 
     /// The socket-storage iterator is bound to its map when attached.
     private func attachIterator(_ handle: OpaquePointer, program: BPFProgram) throws -> OpaquePointer {
-        guard let sockets = bpf_object__find_map_by_name(object, BPFMap.sockets.rawValue) else {
-            throw TracerError("the BPF object has no map \"sockets\"")
-        }
         var linkInfo = bpf_iter_link_info()
-        linkInfo.map.map_fd = UInt32(bpf_map__fd(sockets))
+        linkInfo.map.map_fd = UInt32(socketsFD)
         var options = bpf_iter_attach_opts()
         // Up to the last field only: libbpf rejects a size that includes the
         // trailing padding unless those bytes are zero, and Swift does not
@@ -281,12 +279,14 @@ public final class TCPTracer {
             options.link_info = info
             return bpf_program__attach_iter(handle, &options)
         }
-        guard let link else {
-            let code = -errno
-            if KernelRefusal.isRefusal(code) { throw KernelRefusal(program: program, stage: .attach, code: code) }
-            throw TracerError.libbpf("attaching \(program.rawValue)", code: code)
-        }
+        guard let link else { throw Self.attachFailure(program, code: -errno) }
         return link
+    }
+
+    /// An attach that failed: a refusal (the next plan is tried) or an error.
+    private static func attachFailure(_ program: BPFProgram, code: Int32) -> Error {
+        KernelRefusal.isRefusal(code) ? KernelRefusal(program: program, stage: .attach, code: code)
+            : TracerError.libbpf("attaching \(program.rawValue)", code: code)
     }
 
     /// The key and value layout is declared once (bpf/tcptop_maps.h), but the

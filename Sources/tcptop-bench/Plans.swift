@@ -11,8 +11,8 @@ struct MeasuredPlan {
     let isFastPath: Bool
 
     var name: String { plan.name }
-    var attachMode: BPFAttachMode { BPFAttachMode(rawValue: plan.hooks.rawValue)! }
-    var readPath: BPFReadPath { BPFReadPath(rawValue: plan.readPath.rawValue)! }
+    var attachMode: BPFAttachMode { plan.hooks.configValue }
+    var readPath: BPFReadPath { plan.readPath.configValue }
 
     /// Figure 1's target, nanoseconds per event.
     var nanosecondTarget: Double { isFastPath ? 50 : 60 }
@@ -71,7 +71,7 @@ struct PlanSurvey {
         for hooks in AttachPlan.Hooks.allCases where attachMode == .auto || attachMode.rawValue == hooks.rawValue {
             for path in AttachPlan.ReadPath.allCases where readPath == .auto || readPath.rawValue == path.rawValue {
                 let name = "\(hooks.rawValue)+\(path.rawValue)"
-                let (mode, forcedPath) = (BPFAttachMode(rawValue: hooks.rawValue)!, BPFReadPath(rawValue: path.rawValue)!)
+                let (mode, forcedPath) = (hooks.configValue, path.configValue)
                 do {
                     _ = try AttachPlan.candidates(hooks: mode, readPath: forcedPath, kernel: kernel)
                 } catch {

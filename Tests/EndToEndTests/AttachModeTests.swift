@@ -135,7 +135,8 @@ struct AttachPlanTests {
     @Test func modeNamesAreTheConfigValues() {
         #expect(BPFAttachMode.allCases.map(\.rawValue) == ["auto", "tp_btf", "raw_tp", "fexit", "kprobe"])
         #expect(BPFReadPath.allCases.map(\.rawValue) == ["auto", "storage_iterator", "storage_array", "socket_hash"])
-        // Every hook kind and read path of a plan can be forced by its name.
+        // Every hook kind and read path of a plan can be forced by its name
+        // (configValue relies on it).
         #expect(AttachPlan.Hooks.allCases.allSatisfy { BPFAttachMode(rawValue: $0.rawValue) != nil })
         #expect(AttachPlan.ReadPath.allCases.allSatisfy { BPFReadPath(rawValue: $0.rawValue) != nil })
     }
@@ -153,8 +154,7 @@ struct AttachModeTests {
         print("auto on \(kernel.release): \(tracer.attachReason)")
         // Every better plan is refused by this kernel when forced.
         for better in plans[..<index] {
-            let forced = TCPTracer.Options(attachMode: BPFAttachMode(rawValue: better.hooks.rawValue)!,
-                                           readPath: BPFReadPath(rawValue: better.readPath.rawValue)!)
+            let forced = TCPTracer.Options(attachMode: better.hooks.configValue, readPath: better.readPath.configValue)
             #expect(throws: TracerError.self, "\(better.name) loads here, yet auto took \(tracer.plan.name)") {
                 try TCPTracer.start(forced)
             }
@@ -219,8 +219,7 @@ enum KernelPlans {
 
         func options(mapCapacity: UInt32 = 65536, targetPID: UInt32 = 0) -> TCPTracer.Options {
             TCPTracer.Options(mapCapacity: mapCapacity, targetPID: targetPID,
-                              attachMode: BPFAttachMode(rawValue: hooks.rawValue)!,
-                              readPath: BPFReadPath(rawValue: readPath.rawValue)!)
+                              attachMode: hooks.configValue, readPath: readPath.configValue)
         }
     }
 

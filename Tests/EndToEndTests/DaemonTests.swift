@@ -254,14 +254,7 @@ struct ReloadListenerTests {
         // The test's own socket holds `held`: the daemon cannot bind it.
         let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(holder) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = held.bigEndian
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        try #require(bound == 0 && listen(holder, 1) == 0)
+        try #require(onLoopback(port: held, { bind(holder, $0, $1) }) == 0 && listen(holder, 1) == 0)
 
         let path = try writeConfig("web: {listen_addresses: [\"127.0.0.1:\(port)\"]}\n")
         let daemon = try ExporterProcess(arguments: ["--config.file=\(path)"], port: port, listenFlags: false)
@@ -278,11 +271,7 @@ struct ReloadListenerTests {
         // wait for it (up to their grace period) before they close.
         let idle = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(idle) }
-        address.sin_port = port.bigEndian
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(idle, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        try #require(connected == 0)
+        try #require(onLoopback(port: port, { connect(idle, $0, $1) }) == 0)
         let listeningBefore = try listeningSocketInode(port: port)
         let prober = ConnectProber(port: port)
         try "web: {listen_addresses: [\"127.0.0.1:\(port)\"], read_timeout: 7s}\n"
@@ -296,6 +285,17 @@ struct ReloadListenerTests {
         #expect(try daemon.get("/metrics").status == 200)
         daemon.signal(SIGTERM)
         #expect(try daemon.waitExit() == 0)
+    }
+}
+
+/// Calls `body` (bind, connect) with the address 127.0.0.1:port.
+func onLoopback(port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
 }
 
@@ -326,14 +326,7 @@ final class ConnectProber: @unchecked Sendable {
             let deadline = Date().addingTimeInterval(30)
             while lock.withLock({ running }), Date() < deadline {
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = port.bigEndian
-                address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-                let result = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                let wasRefused = result != 0 && errno == ECONNREFUSED
+                let wasRefused = onLoopback(port: port, { connect(fd, $0, $1) }) != 0 && errno == ECONNREFUSED
                 close(fd)
                 lock.withLock {
                     attempts += 1
