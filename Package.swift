@@ -23,25 +23,31 @@ let package = Package(
         ),
         // Compiles bpf/*.bpf.c with clang -target bpf and embeds the object into TCPTopBPF.
         .plugin(name: "BPFCompiler", capability: .buildTool()),
+        // HTTP/1.1 on POSIX sockets: listen addresses, request parser, server,
+        // client. Knows nothing of metrics or BPF.
+        .target(
+            name: "TCPTopHTTP",
+            dependencies: ["CTCPTop", .product(name: "Logging", package: "swift-log")]
+        ),
         // Pure Swift: connection records, registry, exposition, config. Testable without root.
-        .target(name: "TCPTopCore", dependencies: [.product(name: "Yams", package: "Yams")]),
+        .target(name: "TCPTopCore", dependencies: ["TCPTopHTTP", .product(name: "Yams", package: "Yams")]),
         // The only Swift that touches libbpf: load, attach, read maps.
         .target(
             name: "TCPTopBPF",
             dependencies: ["CTCPTop", "TCPTopCore"],
             plugins: ["BPFCompiler"]
         ),
-        // HTTP listener, sd_notify, signals, the daemon itself.
+        // The daemon: metrics routes, sd_notify, signals, logging.
         .target(
             name: "TCPTopServer",
             dependencies: [
-                "CTCPTop", "TCPTopCore", "TCPTopBPF",
+                "CTCPTop", "TCPTopCore", "TCPTopBPF", "TCPTopHTTP",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "tcptop-exporter",
-            dependencies: ["TCPTopServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TCPTopServer", "TCPTopHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "tcptop",
@@ -53,6 +59,7 @@ let package = Package(
             dependencies: ["TCPTopCore", "TCPTopBPF", "CTCPTop"]
         ),
         .testTarget(name: "TCPTopCoreTests", dependencies: ["TCPTopCore"]),
+        .testTarget(name: "TCPTopHTTPTests", dependencies: ["TCPTopHTTP", "CTCPTop"]),
         .testTarget(name: "TCPTopServerTests", dependencies: ["TCPTopServer"]),
         .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF"]),
     ]

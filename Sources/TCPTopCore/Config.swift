@@ -1,3 +1,4 @@
+import TCPTopHTTP
 /// The daemon configuration. Every value has a default (these are the
 /// embedded defaults; Config/tcptop-exporter.yml documents the same ones).
 /// The command line overrides some fields after loading, hence `var`s.

@@ -1,3 +1,4 @@
+import TCPTopHTTP
 import Dispatch
 import Foundation
 import Logging
@@ -137,7 +138,7 @@ public final class Daemon: @unchecked Sendable {
         configuration.maxConcurrentRequests = web.maxRequests
         configuration.headReadTimeout = web.readTimeout
         configuration.writeTimeout = web.writeTimeout
-        let addresses = web.listenAddresses.map { HTTPListenAddress(host: $0.host, port: $0.port) }
+        let addresses = web.listenAddresses
         return try HTTPServer(listenAddresses: addresses, configuration: configuration, logger: log, predecessor: predecessor)
     }
 

@@ -1,3 +1,4 @@
+import TCPTopHTTP
 import TCPTopCore
 
 /// What the exporter answers: metrics at the telemetry path, a landing page

@@ -1,3 +1,4 @@
+import TCPTopHTTP
 import ArgumentParser
 import Foundation
 import TCPTopCore

@@ -10,7 +10,7 @@
 #
 # Targets (one file each in Tests/Fuzz/):
 #   http-request  HTTPRequestParser.parse, compiled with the three HTTP files
-#                 it needs from TCPTopServer (that module needs libbpf).
+#                 it needs from TCPTopHTTP.
 #   config        ExporterConfig.parse(yaml:), linked against TCPTopCore, Yams
 #                 and libyaml as SwiftPM builds them (instrumented too) in
 #                 .build-fuzz, a scratch path of its own.
@@ -39,8 +39,8 @@ build_http_request() {
     clang -c -O1 -fsanitize=address -I Sources/CTCPTop/include Sources/CTCPTop/shim.c -o "$scratch/ctcptop/shim.o"
     swiftc $sanitize -parse-as-library -g -O -module-name FuzzHTTPRequest \
         -Xcc -fmodule-map-file="$scratch/ctcptop/module.modulemap" \
-        Tests/Fuzz/HTTPRequestFuzz.swift Sources/TCPTopServer/HTTPRequestParser.swift \
-        Sources/TCPTopServer/HTTPMessage.swift Sources/TCPTopServer/HTTPContentCoding.swift \
+        Tests/Fuzz/HTTPRequestFuzz.swift Sources/TCPTopHTTP/HTTPRequestParser.swift \
+        Sources/TCPTopHTTP/HTTPMessage.swift Sources/TCPTopHTTP/HTTPContentCoding.swift \
         "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -o "$scratch/fuzz-http-request"
 }
 

@@ -1,3 +1,4 @@
+import TCPTopHTTP
 import Foundation
 import Testing
 @testable import TCPTopCore

@@ -35,12 +35,12 @@ public final class HTTPServer: Sendable {
     }
 
     /// The addresses actually bound, with real ports (useful with port 0).
-    public let boundAddresses: [HTTPListenAddress]
+    public let boundAddresses: [ListenAddress]
     private let configuration: Configuration
     private let logger: Logger
     private let listenerFDs: [Int32]
     /// The listeners of each address asked for, to hand to a successor.
-    private let listenersByAddress: [HTTPListenAddress: [HTTPListener]]
+    private let listenersByAddress: [ListenAddress: [HTTPListener]]
     /// Written once on stop; its read end stays readable and wakes every poll that watches it.
     private let stopPipe: (read: Int32, write: Int32)
     private let state = Mutex(State())
@@ -60,10 +60,10 @@ public final class HTTPServer: Sendable {
     /// not bound again: its sockets are shared (dup), so that address never
     /// stops accepting, and the predecessor, still serving, is untouched if
     /// another address fails.
-    public init(listenAddresses: [HTTPListenAddress], configuration: Configuration = Configuration(),
+    public init(listenAddresses: [ListenAddress], configuration: Configuration = Configuration(),
                 logger: Logger = Logger(label: "tcptop.http"), predecessor: HTTPServer? = nil) throws(HTTPBindError) {
         var listeners: [HTTPListener] = []
-        var byAddress: [HTTPListenAddress: [HTTPListener]] = [:]
+        var byAddress: [ListenAddress: [HTTPListener]] = [:]
         do {
             for address in listenAddresses where byAddress[address] == nil {
                 let bound: [HTTPListener]
@@ -232,7 +232,7 @@ public final class HTTPServer: Sendable {
 
     /// Copies (dup) of the sockets listening for `address`, or nil when it
     /// has none or they are closed already.
-    private func sharedListeners(for address: HTTPListenAddress) throws(HTTPBindError) -> [HTTPListener]? {
+    private func sharedListeners(for address: ListenAddress) throws(HTTPBindError) -> [HTTPListener]? {
         guard let listeners = listenersByAddress[address] else { return nil }
         return try state.withLock { state throws(HTTPBindError) -> [HTTPListener]? in
             if state.listenersClosed { return nil }

@@ -2,7 +2,7 @@ import CTCPTop
 import Dispatch
 import Glibc
 import Testing
-@testable import TCPTopServer
+@testable import TCPTopHTTP
 
 /// End-to-end tests over real loopback sockets, each on its own port 0 server.
 @Suite struct HTTPServerTests {
@@ -17,7 +17,7 @@ import Testing
         router.get("/") { _ in .text(200, "landing\n") }
         router.get("/metrics") { _ in .text(200, Self.metricsText) }
         extraRoutes(&router)
-        let server = try HTTPServer(listenAddresses: [HTTPListenAddress(host: host, port: 0)], configuration: configuration)
+        let server = try HTTPServer(listenAddresses: [ListenAddress(host: host, port: 0)], configuration: configuration)
         server.start(handler: router.handler)
         return server
     }
@@ -207,29 +207,29 @@ import Testing
     }
 
     @Test func bindingAnAddressInUseFailsWithOneLine() throws {
-        let first = try HTTPServer(listenAddresses: [HTTPListenAddress(host: "127.0.0.1", port: 0)])
+        let first = try HTTPServer(listenAddresses: [ListenAddress(host: "127.0.0.1", port: 0)])
         defer { first.stop() }
         let port = first.boundAddresses[0].port
         #expect {
-            try HTTPServer(listenAddresses: [HTTPListenAddress(host: "127.0.0.1", port: port)])
+            try HTTPServer(listenAddresses: [ListenAddress(host: "127.0.0.1", port: port)])
         } throws: { error in
             "\(error)" == "listen 127.0.0.1:\(port): Address already in use"
         }
         // Failing on the second address must not leave the first bound.
-        let free = try HTTPServer(listenAddresses: [HTTPListenAddress(host: "127.0.0.1", port: 0)])
+        let free = try HTTPServer(listenAddresses: [ListenAddress(host: "127.0.0.1", port: 0)])
         let freePort = free.boundAddresses[0].port
         free.stop()
         #expect(throws: HTTPBindError.self) {
-            try HTTPServer(listenAddresses: [HTTPListenAddress(host: "127.0.0.1", port: freePort),
-                                             HTTPListenAddress(host: "127.0.0.1", port: port)])
+            try HTTPServer(listenAddresses: [ListenAddress(host: "127.0.0.1", port: freePort),
+                                             ListenAddress(host: "127.0.0.1", port: port)])
         }
-        let again = try HTTPServer(listenAddresses: [HTTPListenAddress(host: "127.0.0.1", port: freePort)])
+        let again = try HTTPServer(listenAddresses: [ListenAddress(host: "127.0.0.1", port: freePort)])
         again.stop()
     }
 
     @Test func unresolvableHostFailsWithOneLine() {
         #expect {
-            try HTTPServer(listenAddresses: [HTTPListenAddress(host: "no-such-host.invalid", port: 1)])
+            try HTTPServer(listenAddresses: [ListenAddress(host: "no-such-host.invalid", port: 1)])
         } throws: { error in
             "\(error)".hasPrefix("listen no-such-host.invalid:1: ")
         }

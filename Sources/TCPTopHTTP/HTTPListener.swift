@@ -1,22 +1,5 @@
 import Glibc
 
-/// Where to listen: `host` nil means every address, IPv4 and IPv6. (Text
-/// such as `[::1]:9435` is parsed by TCPTopCore's `ListenAddress`.)
-public struct HTTPListenAddress: Hashable, Sendable, CustomStringConvertible {
-    public var host: String?
-    public var port: UInt16
-
-    public init(host: String?, port: UInt16) {
-        self.host = host
-        self.port = port
-    }
-
-    public var description: String {
-        guard let host else { return ":\(port)" }
-        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-    }
-}
-
 /// One `listen` failure, as a single line: `listen 127.0.0.1:9435: Address already in use`.
 public struct HTTPBindError: Error, CustomStringConvertible, Sendable {
     public var address: String
@@ -27,12 +10,12 @@ public struct HTTPBindError: Error, CustomStringConvertible, Sendable {
 /// A bound, listening socket; `address` shows the port actually bound.
 struct HTTPListener {
     var fd: Int32
-    var address: HTTPListenAddress
+    var address: ListenAddress
 
     /// Binds every address `listen` names. "All addresses" is one IPv6
     /// socket that also takes IPv4 (V6ONLY off), or IPv4 only where the host
     /// has no IPv6. A name such as "localhost" binds each address it resolves to.
-    static func bind(_ listen: HTTPListenAddress, backlog: Int32) throws(HTTPBindError) -> [HTTPListener] {
+    static func bind(_ listen: ListenAddress, backlog: Int32) throws(HTTPBindError) -> [HTTPListener] {
         guard let host = listen.host else {
             var any6 = sockaddr_in6()
             any6.sin6_family = sa_family_t(AF_INET6)
@@ -66,7 +49,7 @@ struct HTTPListener {
         var list: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(host, String(port), &hints, &list)
         guard status == 0 else {
-            throw HTTPBindError(address: HTTPListenAddress(host: host, port: port).description,
+            throw HTTPBindError(address: ListenAddress(host: host, port: port).description,
                                 reason: String(cString: gai_strerror(status)))
         }
         defer { freeaddrinfo(list) }
@@ -123,17 +106,17 @@ struct HTTPListener {
     }
 
     /// The address the kernel actually bound (the real port when asked for 0).
-    private static func localAddress(_ fd: Int32) -> HTTPListenAddress {
+    private static func localAddress(_ fd: Int32) -> ListenAddress {
         var storage = sockaddr_storage()
         var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
         _ = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &size) }
         }
-        return HTTPListenAddress(host: numericHost(storage), port: port(of: storage))
+        return ListenAddress(host: numericHost(storage), port: port(of: storage))
     }
 
     static func numericDescription(_ address: sockaddr_storage) -> String {
-        HTTPListenAddress(host: numericHost(address), port: port(of: address)).description
+        ListenAddress(host: numericHost(address), port: port(of: address)).description
     }
 
     private static func numericHost(_ address: sockaddr_storage) -> String {

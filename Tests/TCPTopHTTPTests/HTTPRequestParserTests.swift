@@ -1,5 +1,5 @@
 import Testing
-@testable import TCPTopServer
+@testable import TCPTopHTTP
 
 @Suite struct HTTPRequestParserTests {
     private func parse(_ text: String, maxHeadSize: Int = 8192) throws(HTTPRequestError) -> HTTPRequestParser.Result {
@@ -163,9 +163,9 @@ import Testing
     }
 
     @Test func listenAddressDescription() {
-        #expect(HTTPListenAddress(host: nil, port: 9435).description == ":9435")
-        #expect(HTTPListenAddress(host: "127.0.0.1", port: 80).description == "127.0.0.1:80")
-        #expect(HTTPListenAddress(host: "::1", port: 9435).description == "[::1]:9435")
+        #expect(ListenAddress(host: nil, port: 9435).description == ":9435")
+        #expect(ListenAddress(host: "127.0.0.1", port: 80).description == "127.0.0.1:80")
+        #expect(ListenAddress(host: "::1", port: 9435).description == "[::1]:9435")
     }
 
     @Test func httpDateIsIMFFixdate() {

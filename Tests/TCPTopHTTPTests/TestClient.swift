@@ -1,6 +1,6 @@
 import Glibc
 import Testing
-@testable import TCPTopServer
+@testable import TCPTopHTTP
 
 /// A raw-socket HTTP client for tests: sends exactly the bytes given and
 /// reads responses by hand, so malformed requests can be sent too.
