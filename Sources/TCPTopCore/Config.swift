@@ -21,12 +21,18 @@ public struct WebConfig: Equatable, Sendable {
     public var telemetryPath = "/metrics"
     /// Concurrent requests served before answering 503.
     public var maxRequests = 40
-    /// A client must send its whole request head within this.
+    /// Open client connections held at once (idle ones cost a few hundred
+    /// bytes each); at the limit the oldest idle ones are closed first.
+    public var maxConnections = 16384
+    /// A client must send its whole request head within this, from its first byte.
     public var readTimeout: Duration = .seconds(10)
     public var writeTimeout: Duration = .seconds(30)
+    /// How long a kept-alive connection may wait for its next request.
+    public var idleTimeout: Duration = .seconds(60)
 
-    /// The longest `read_timeout` and `write_timeout`: each sets the
-    /// deadline of a poll() on a socket; longer would only hold a thread.
+    public static let maxConnectionsRange = 1...1_000_000
+    /// The longest `read_timeout`, `write_timeout` and `idle_timeout`: each
+    /// sets a deadline on a socket; longer would only hold a connection.
     public static let maxTimeout: Duration = .seconds(3600)
 
     public init() {}

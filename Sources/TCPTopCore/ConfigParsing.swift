@@ -97,7 +97,7 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
     var web = WebConfig()
     let keys = try fields(
         of: section.node, at: section.key,
-        known: ["listen_addresses", "telemetry_path", "max_requests", "read_timeout", "write_timeout"])
+        known: ["listen_addresses", "telemetry_path", "max_requests", "max_connections", "read_timeout", "write_timeout", "idle_timeout"])
     if let field = keys["listen_addresses"] {
         let items = try list(field, expected: "a list of host:port addresses")
         guard !items.isEmpty else { throw field.error("must list at least one address") }
@@ -116,8 +116,10 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
         web.telemetryPath = path
     }
     if let field = keys["max_requests"] { web.maxRequests = try integer(field, in: 1...1_000_000) }
+    if let field = keys["max_connections"] { web.maxConnections = try integer(field, in: WebConfig.maxConnectionsRange) }
     if let field = keys["read_timeout"] { web.readTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
     if let field = keys["write_timeout"] { web.writeTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
+    if let field = keys["idle_timeout"] { web.idleTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
     return web
 }
 

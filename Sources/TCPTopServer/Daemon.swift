@@ -2,13 +2,14 @@ import TCPTopHTTP
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 import TCPTopBPF
 import TCPTopCore
 
 /// The exporter's life: load config → load and attach BPF → bind every
 /// listen address → READY=1 → serve, poll, ping the watchdog → on SIGTERM
 /// or SIGINT, STOPPING=1, stop serving, detach, exit 0. SIGHUP reloads.
-public final class Daemon: @unchecked Sendable {
+public final class Daemon: Sendable {
     /// What the command line says; flags override the config file.
     public struct Options: Sendable {
         public var configPath: String?
@@ -25,24 +26,35 @@ public final class Daemon: @unchecked Sendable {
     private let notifier = SystemdNotifier()
     private let logSettings: LogSettings
     private let log: Logger
+    /// Serial: timers, signals and reloads run here, one at a time.
     private let queue = DispatchQueue(label: "tcptop.daemon")
     /// The watchdog's own queue: a poll or a reload on `queue` never delays a
     /// ping, and a ping never waits for either (it asks a clock, not a lock).
     private let watchdogQueue = DispatchQueue(label: "tcptop.watchdog")
     private let stopped = DispatchSemaphore(value: 0)
-    private var config: ExporterConfig
-    private var collector: MetricsCollector!
-    private var server: HTTPServer?
-    private let routerLock = NSLock()
-    private var router = HTTPRouter()
-    private var timers: [DispatchSourceTimer] = []
-    private var signalSources: [DispatchSourceSignal] = []
+    /// What a reload changes while HTTP threads, timers and `run()` read it.
+    /// Written only on `queue` (and by `run()` before the first timer or
+    /// signal source exists); read anywhere, under the lock.
+    private let state: Mutex<State>
+    /// Read by every request; replaced by a reload of the telemetry path.
+    private let router = Mutex(HTTPRouter())
+
+    // Unchecked only for the dispatch sources: thread-safe objects that
+    // swift-corelibs-libdispatch does not mark Sendable.
+    private struct State: @unchecked Sendable {
+        var config: ExporterConfig
+        var collector: MetricsCollector?
+        var server: HTTPServer?
+        var timers: [any DispatchSourceTimer] = []
+        var signalSources: [any DispatchSourceSignal] = []
+        var stopping = false
+    }
 
     /// Loads and checks the configuration; throws one line on a bad one.
     public init(options: Options) throws {
         self.options = options
         let config = try Self.loadConfig(options)
-        self.config = config
+        state = Mutex(State(config: config))
         logSettings = LogSettings(level: config.log.level, format: config.log.format)
         let settings = logSettings
         log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
@@ -66,7 +78,9 @@ public final class Daemon: @unchecked Sendable {
 
     /// Runs until SIGTERM/SIGINT; returns the exit code.
     public func run() -> Int32 {
+        let config = state.withLock { $0.config }
         log.info("starting", metadata: ["version": "\(tcptopVersion)", "kernel": "\(kernelRelease())"])
+        raiseOpenFileLimit(toHold: config.web.maxConnections)
         notifier.status("Loading BPF programs")
         let tracer: TCPTracer
         do {
@@ -81,10 +95,10 @@ public final class Daemon: @unchecked Sendable {
         log.info("BPF programs attached", metadata: [
             "mode": "\(tracer.attachMode)", "read_path": "\(tracer.readPath)", "map_capacity": "\(tracer.mapCapacity)", "reason": "\(tracer.attachReason)",
         ])
-        collector = MetricsCollector(
-            tracer: tracer, registry: ConnectionRegistry(config: config), version: tcptopVersion)
+        let collector = MetricsCollector(tracer: tracer, registry: ConnectionRegistry(config: config), version: tcptopVersion)
 
         notifier.status("Binding \(config.web.listenAddresses.map(\.description).joined(separator: ", "))")
+        let server: HTTPServer
         do {
             server = try Self.bindServer(config.web, log: log)
         } catch {
@@ -108,11 +122,17 @@ public final class Daemon: @unchecked Sendable {
         } catch {
             log.warning("capabilities kept: \(error)")
         }
-        installSignalHandlers()
-        setRoutes(telemetryPath: config.web.telemetryPath)
-        server?.start(handler: handler())
-        queue.sync { startTimers(pollInterval: config.connections.pollInterval.inSeconds) }
-        let listening = server?.boundAddresses.map(\.description).joined(separator: ", ") ?? ""
+        state.withLock { state in
+            state.collector = collector
+            state.server = server
+        }
+        setRoutes(telemetryPath: config.web.telemetryPath, collector: collector)
+        server.start(handler: handler())
+        queue.sync {
+            installSignalHandlers()
+            startTimers(pollInterval: config.connections.pollInterval.inSeconds, collector: collector)
+        }
+        let listening = server.boundAddresses.map(\.description).joined(separator: ", ")
         log.info("listening", metadata: ["address": "\(listening)", "telemetry_path": "\(config.web.telemetryPath)"])
         notifier.start()
         notifier.ready(status: statusText())
@@ -120,12 +140,20 @@ public final class Daemon: @unchecked Sendable {
         stopped.wait()
         notifier.stopping()
         log.info("stopping")
-        queue.sync {
-            for timer in timers { timer.cancel() }
+        // On `queue`, so no reload is half done; none starts after this.
+        let last = queue.sync {
+            state.withLock { state in
+                state.stopping = true
+                for timer in state.timers { timer.cancel() }
+                for source in state.signalSources { source.cancel() }
+                defer { (state.timers, state.signalSources, state.server, state.collector) = ([], [], nil, nil) }
+                return state.server
+            }
         }
-        server?.stop()
-        server = nil
-        collector = nil  // the last reference to the tracer: its deinit detaches the programs
+        last?.stop()
+        router.withLock { $0 = HTTPRouter() }
+        // The router held the last reference to the collector and so to the
+        // tracer; the tracer's deinit detached the programs just now.
         // STOPPING=1 has been asked for; a reader that is not reading does
         // not hold the exit past a second.
         if !notifier.flush(timeout: 1) { log.warning("sd_notify: STOPPING=1 not read by systemd within 1 s") }
@@ -138,28 +166,44 @@ public final class Daemon: @unchecked Sendable {
         configuration.maxConcurrentRequests = web.maxRequests
         configuration.headReadTimeout = web.readTimeout
         configuration.writeTimeout = web.writeTimeout
-        let addresses = web.listenAddresses
-        return try HTTPServer(listenAddresses: addresses, configuration: configuration, logger: log, predecessor: predecessor)
+        configuration.idleTimeout = web.idleTimeout
+        configuration.maxConnections = web.maxConnections
+        return try HTTPServer(listenAddresses: web.listenAddresses, configuration: configuration, logger: log, predecessor: predecessor)
+    }
+
+    /// Each connection can hold a descriptor: raise the soft limit toward the
+    /// hard one so `web.max_connections` can be reached, and say so when it cannot.
+    private func raiseOpenFileLimit(toHold connections: Int) {
+        let wanted = rlim_t(connections + 256)  // listeners, BPF maps and programs, the log
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < wanted else { return }
+        limit.rlim_cur = min(wanted, limit.rlim_max)
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        if limit.rlim_cur < wanted {
+            log.warning("open files limited to \(limit.rlim_cur) (hard limit): fewer than web.max_connections \(connections) connections can be held; raise LimitNOFILE=")
+        }
     }
 
     private func handler() -> HTTPHandler {
-        { [self] request in routerLock.withLock { router }.handle(request) }
+        { [self] request in router.withLock { $0 }.handle(request) }
     }
 
-    private func setRoutes(telemetryPath: String) {
-        let router = exporterRouter(telemetryPath: telemetryPath, metrics: { [self] in collector.scrape() })
-        routerLock.withLock { self.router = router }
+    private func setRoutes(telemetryPath: String, collector: MetricsCollector) {
+        let routes = exporterRouter(telemetryPath: telemetryPath, metrics: { collector.scrape() })
+        router.withLock { $0 = routes }
     }
 
     private func statusText() -> String {
+        let (config, server, collector) = state.withLock { ($0.config, $0.server, $0.collector) }
         let addresses = server?.boundAddresses.map(\.description).joined(separator: ", ") ?? ""
-        return "Serving \(config.web.telemetryPath) on \(addresses); \(collector.trackedConnections) connection ends tracked"
+        return "Serving \(config.web.telemetryPath) on \(addresses); \(collector?.trackedConnections ?? 0) connection ends tracked"
     }
 
     // MARK: Timers: polling and the watchdog
 
-    private func startTimers(pollInterval: Double) {
-        timers.append(repeating(every: pollInterval) { [self] in
+    /// Runs on `queue`.
+    private func startTimers(pollInterval: Double, collector: MetricsCollector) {
+        var timers = [repeating(every: pollInterval) { [self] in
             do {
                 try collector.poll()
                 // Never waits: the notifier keeps only the latest text and
@@ -168,21 +212,24 @@ public final class Daemon: @unchecked Sendable {
             } catch {
                 log.warning("reading the kernel maps failed: \(error)")
             }
-        })
+        }]
         if let watchdog = notifier.watchdogInterval() {
             // Ping only while the kernel maps are being read: a stuck
             // collector stops the pings and systemd restarts the daemon.
             let healthyWithin = max(watchdog, 2 * pollInterval)
             log.info("watchdog enabled", metadata: ["interval_seconds": "\(watchdog)"])
-            let collector = collector!
             timers.append(repeating(every: watchdog / 2, on: watchdogQueue) { [notifier] in
                 if collector.secondsSinceLastRead <= healthyWithin { notifier.watchdogPing() }
             })
         }
+        state.withLock { state in
+            for timer in state.timers { timer.cancel() }
+            state.timers = timers
+        }
     }
 
     private func repeating(every seconds: Double, on timerQueue: DispatchQueue? = nil,
-                           _ work: @escaping @Sendable () -> Void) -> DispatchSourceTimer {
+                           _ work: @escaping @Sendable () -> Void) -> any DispatchSourceTimer {
         let timer = DispatchSource.makeTimerSource(queue: timerQueue ?? queue)
         timer.schedule(deadline: .now() + seconds, repeating: seconds, leeway: .milliseconds(100))
         timer.setEventHandler(handler: work)
@@ -205,7 +252,9 @@ public final class Daemon: @unchecked Sendable {
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
+    /// Runs on `queue`.
     private func installSignalHandlers() {
+        var sources: [any DispatchSourceSignal] = []
         for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
             signal(signalNumber, SIG_IGN)  // delivered to the dispatch source instead
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
@@ -213,22 +262,25 @@ public final class Daemon: @unchecked Sendable {
                 if signalNumber == SIGHUP {
                     reload()
                 } else {
-                    source.cancel()
                     stopped.signal()
                 }
             }
             source.resume()
-            signalSources.append(source)
+            sources.append(source)
         }
+        state.withLock { $0.signalSources = sources }
     }
 
     /// Re-reads the config file. A bad config is logged and the running one kept.
     /// Runs on `queue`.
     private func reload() {
+        guard let (config, server, collector) = state.withLock({ state in
+            state.stopping ? nil : state.collector.map { (state.config, state.server, $0) }
+        }) else { return }
         notifier.reloading()
         log.info("reloading configuration", metadata: ["file": "\(options.configPath ?? "(none: defaults)")"])
         defer { notifier.ready(status: statusText()) }
-        let new: ExporterConfig
+        var new: ExporterConfig
         do {
             new = try Self.loadConfig(options)
         } catch {
@@ -239,41 +291,36 @@ public final class Daemon: @unchecked Sendable {
         if new.bpf != config.bpf || new.views != config.views {
             log.warning("bpf and views settings take effect at the next restart")
         }
+        // What only a restart can change stays as it runs.
+        new.bpf = config.bpf
+        new.views = config.views
         if new.connections != config.connections {
             collector.setClosedRetention(seconds: new.connections.closedRetention.inSeconds)
-            for timer in timers { timer.cancel() }
-            timers = []
-            startTimers(pollInterval: new.connections.pollInterval.inSeconds)
+            startTimers(pollInterval: new.connections.pollInterval.inSeconds, collector: collector)
         }
+        var replacement = server
+        var bindFailed = false
         if new.web != config.web {
             // The new listeners are bound (an unchanged address shares the
             // running socket) and serving before the old ones stop, so an
             // address that stays never stops accepting; if one cannot be
             // bound, the running listeners were never touched.
-            let previous = server
             do {
-                let replacement = try Self.bindServer(new.web, log: log, predecessor: previous)
-                replacement.start(handler: handler())
-                server = replacement
-                previous?.stop()
+                let bound = try Self.bindServer(new.web, log: log, predecessor: server)
+                bound.start(handler: handler())
+                replacement = bound
             } catch {
                 log.error("reload: \(error); the previous listeners keep serving")
-                var kept = new
-                kept.web = config.web
-                apply(kept)
-                return
+                new.web = config.web
+                bindFailed = true
             }
         }
-        apply(new)
-        log.info("configuration reloaded")
-    }
-
-    private func apply(_ new: ExporterConfig) {
-        var kept = new
-        // What only a restart can change stays as it runs (see reload()).
-        kept.bpf = config.bpf
-        kept.views = config.views
-        config = kept
-        setRoutes(telemetryPath: kept.web.telemetryPath)
+        state.withLock { state in
+            state.config = new
+            state.server = replacement
+        }
+        setRoutes(telemetryPath: new.web.telemetryPath, collector: collector)
+        if replacement !== server { server?.stop() }
+        if !bindFailed { log.info("configuration reloaded") }
     }
 }

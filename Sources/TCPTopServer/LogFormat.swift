@@ -1,21 +1,21 @@
 import Foundation
 import Logging
+import Synchronization
 import TCPTopCore
 
 /// Level and format, shared by every logger so that a reload changes them at once.
-public final class LogSettings: @unchecked Sendable {
-    private let lock = NSLock()
-    private var current: (level: Logger.Level, format: LogFormat)
+public final class LogSettings: Sendable {
+    private let current: Mutex<(level: Logger.Level, format: LogFormat)>
 
     public init(level: LogLevel, format: LogFormat) {
-        current = (Self.swiftLogLevel(level), format)
+        current = Mutex((Self.swiftLogLevel(level), format))
     }
 
     public func set(level: LogLevel, format: LogFormat) {
-        lock.withLock { current = (Self.swiftLogLevel(level), format) }
+        current.withLock { $0 = (Self.swiftLogLevel(level), format) }
     }
 
-    var value: (level: Logger.Level, format: LogFormat) { lock.withLock { current } }
+    var value: (level: Logger.Level, format: LogFormat) { current.withLock { $0 } }
 
     static func swiftLogLevel(_ level: LogLevel) -> Logger.Level {
         switch level {

@@ -29,8 +29,8 @@ import Testing
         let path = packageRoot.appendingPathComponent("Config/tcptop-exporter.yml").path
         #expect(try ExporterConfig.load(path: path) == ExporterConfig())
         let text = try String(contentsOfFile: path, encoding: .utf8)
-        for key in ["web", "listen_addresses", "telemetry_path", "max_requests", "read_timeout", "write_timeout",
-                    "bpf", "map_capacity", "attach_mode", "read_path", "connections", "closed_retention", "poll_interval",
+        for key in ["web", "listen_addresses", "telemetry_path", "max_requests", "max_connections", "read_timeout", "write_timeout",
+                    "idle_timeout", "bpf", "map_capacity", "attach_mode", "read_path", "connections", "closed_retention", "poll_interval",
                     "views", "prefix", "labels", "max_series", "log", "level", "format"] {
             #expect(text.contains("\(key):"), "the shipped file does not document \(key)")
         }
@@ -42,8 +42,10 @@ import Testing
               listen_addresses: ["[::1]:9100", "127.0.0.1:9101", "localhost:9102"]
               telemetry_path: /tcp
               max_requests: 3
+              max_connections: 20000
               read_timeout: 500ms
               write_timeout: 1m30s
+              idle_timeout: 5m
             bpf:
               map_capacity: 1024
               attach_mode: fexit
@@ -66,6 +68,8 @@ import Testing
         #expect(config.web.maxRequests == 3)
         #expect(config.web.readTimeout == .milliseconds(500))
         #expect(config.web.writeTimeout == .seconds(90))
+        #expect(config.web.maxConnections == 20000)
+        #expect(config.web.idleTimeout == .seconds(300))
         #expect(config.bpf.mapCapacity == 1024)
         #expect(config.bpf.attachMode == .fexit)
         #expect(config.bpf.readPath == .socketHash)
@@ -92,9 +96,9 @@ import Testing
         ("webb: {}",
          "config: webb: unknown key (known keys here: web, bpf, connections, views, log)"),
         ("web: {listen_address: ':1'}",
-         "config: web.listen_address: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, read_timeout, write_timeout)"),
+         "config: web.listen_address: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout)"),
         ("web: [1]",
-         "config: web: must be a mapping with keys listen_addresses, telemetry_path, max_requests, read_timeout, write_timeout, got a list"),
+         "config: web: must be a mapping with keys listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout, got a list"),
         ("[1, 2]",
          "config: must be a mapping with keys web, bpf, connections, views, log, got a list"),
         ("web: {listen_addresses: ':9435'}",
@@ -113,6 +117,8 @@ import Testing
          ##"config: web.telemetry_path: must be a path that starts with "/" and is not "/", without spaces, "?" or "#", got "metrics""##),
         ("web: {max_requests: -1}",
          #"config: web.max_requests: must be an integer between 1 and 1000000, got "-1""#),
+        ("web: {max_connections: 0}",
+         #"config: web.max_connections: must be an integer between 1 and 1000000, got "0""#),
         ("web: {read_timeout: 10}",
          #"config: web.read_timeout: must be a duration like 500ms, 30s, 5m, 1h or 1m30s, got "10""#),
         ("web: {write_timeout: 0s}",
@@ -164,6 +170,7 @@ import Testing
         ("connections: {closed_retention: 9999999999999h}", "connections.closed_retention", "1w", "9999999999999h"),
         ("connections: {closed_retention: 106751991167300d}", "connections.closed_retention", "1w", "106751991167300d"),
         ("web: {read_timeout: 1000y}", "web.read_timeout", "1h", "1000y"),
+        ("web: {idle_timeout: 2h}", "web.idle_timeout", "1h", "2h"),
         ("web: {read_timeout: 9223372036854775807ms}", "web.read_timeout", "1h", "9223372036854775807ms"),
         ("web: {read_timeout: 9999999999999h}", "web.read_timeout", "1h", "9999999999999h"),
         ("web: {write_timeout: 1000y}", "web.write_timeout", "1h", "1000y"),
@@ -197,7 +204,7 @@ import Testing
         (#"web: {telemetry_path: "met\nrics"}"#, ##"config: web.telemetry_path: must be a path that starts with "/" and is not "/", without spaces, "?" or "#", got "met\nrics""##),
         ("'two\n\n  lines'", #"config: must be a mapping with keys web, bpf, connections, views, log, got "two\nlines""#),
         (#"connections: {poll_interval: "1s\r\u001b[2J\u2028"}"#, #"config: connections.poll_interval: must be a duration like 500ms, 30s, 5m, 1h or 1m30s, got "1s\r\u{1B}[2J\u{2028}""#),
-        (#"web: {"a\tb\u0085": 1}"#, #"config: web.a\tb\u{85}: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, read_timeout, write_timeout)"#),
+        (#"web: {"a\tb\u0085": 1}"#, #"config: web.a\tb\u{85}: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout)"#),
     ])
     func controlCharactersInTheFileStayOnOneLine(yaml: String, message: String) {
         #expect {
