@@ -102,7 +102,7 @@ public final class Daemon: Sendable {
         do {
             server = try Self.bindServer(config.web, log: log)
         } catch {
-            log.error("\(error)")
+            log.error("\(Self.explained(error))")
             return 1
         }
         // Before any other thread starts (capabilities are per thread): the
@@ -169,6 +169,13 @@ public final class Daemon: Sendable {
         configuration.idleTimeout = web.idleTimeout
         configuration.maxConnections = web.maxConnections
         return try HTTPServer(listenAddresses: web.listenAddresses, configuration: configuration, logger: log, predecessor: predecessor)
+    }
+
+    /// EPERM from bind() is not a file permission: under the shipped unit it
+    /// is SocketBindAllow= refusing a port other than the one it names.
+    private static func explained(_ error: any Error) -> String {
+        guard let bind = error as? HTTPBindError, bind.reason == String(cString: strerror(EPERM)) else { return "\(error)" }
+        return "\(bind) (a SocketBindAllow= of the service refuses this port?)"
     }
 
     /// Each connection can hold a descriptor: raise the soft limit toward the
@@ -310,7 +317,7 @@ public final class Daemon: Sendable {
                 bound.start(handler: handler())
                 replacement = bound
             } catch {
-                log.error("reload: \(error); the previous listeners keep serving")
+                log.error("reload: \(Self.explained(error)); the previous listeners keep serving")
                 new.web = config.web
                 bindFailed = true
             }

@@ -334,6 +334,37 @@ else
     not_ok "systemctl reload re-reads the config" "rc=$reload_rc $reload_out; reloaded='$reloaded' state=$(show ActiveState) pid $pid_before -> $(show MainPID)"
 fi
 
+# --- reload to a port the unit does not allow: the old listener keeps serving -
+
+# SocketBindAllow=tcp:9435 (a cgroup BPF program systemd attaches) refuses
+# any other bind with EPERM; the reload then keeps the running listener.
+# Only a systemd built with BPF_FRAMEWORK enforces it (Debian 12's is not).
+config=/etc/tcptop-exporter/tcptop-exporter.yml
+enforced=no
+inside systemctl --version | grep -q '+BPF_FRAMEWORK' && enforced=yes
+inside sed -i 's/^  listen_addresses: \[":9435"\]$/  listen_addresses: [":9435", ":9436"]/' "$config"
+inside systemctl reload "$unit" >/dev/null 2>&1
+refused=""
+for _ in $(seq 50); do
+    refused=$(journal | grep -F ':9436' | grep -F 'previous listeners keep serving')
+    [ -n "$refused" ] && break
+    [ $enforced = no ] && [ "$(journal | grep -cF 'configuration reloaded')" -ge 2 ] && break
+    sleep 0.1
+done
+code=$(inside curl -s -o /dev/null -m 5 -w '%{http_code}' http://localhost:9435/metrics)
+other=$(inside curl -s -o /dev/null -m 5 -w '%{http_code}' http://localhost:9436/metrics)
+if [ $enforced = yes ] && [ -n "$refused" ] && [ "$code" = 200 ] && [ "$other" = 000 ]; then
+    ok "a reload adding port 9436 is refused by SocketBindAllow= and :9435 keeps serving (log: ${refused:0:160})"
+elif [ $enforced = no ] && [ "$code" = 200 ] && [ "$other" = 200 ]; then
+    figure "SocketBindAllow= not enforced by this container's systemd (-BPF_FRAMEWORK): the reload bound :9436 too"
+    ok "a reload adding port 9436 serves both, :9435 never stopped (SocketBindAllow= needs a systemd with BPF_FRAMEWORK)"
+else
+    not_ok "a reload adding port 9436 keeps :9435 serving" \
+        "enforced=$enforced http :9435 $code :9436 $other; log: '$refused'; $(journal | tail -3 | paste -sd'|' -)"
+fi
+inside sed -i 's/^  listen_addresses: \[":9435", ":9436"\]$/  listen_addresses: [":9435"]/' "$config"
+inside systemctl reload "$unit" >/dev/null 2>&1
+
 # --- the watchdog -------------------------------------------------------------
 
 if [ "$(show WatchdogUSec)" = 30s ] && journal | grep -q 'watchdog enabled.*interval_seconds=30'; then
@@ -387,6 +418,59 @@ if [ "$restarted" = yes ] && [ "$(show NRestarts)" = $((restarts + 1)) ] &&
     ok "kill -9 of the daemon: restarted by Restart=on-failure (MainPID $killed_pid -> $new_pid, NRestarts $(show NRestarts)), serving again"
 else
     not_ok "kill -9 of the daemon: restarted by Restart=on-failure" "state=$(show ActiveState) MainPID=$(show MainPID) NRestarts=$(show NRestarts)"
+fi
+
+# --- a minute of churn under the unit: every close attributed, memory bounded --
+
+# 7,000 loopback connections a second for 60 s (100 bytes each way), made on
+# the host: the daemon's programs see every socket of the kernel. The
+# registry folds each closed end into its series, so memory follows the
+# series (ephemeral ports repeat), not the connection rate.
+clang -O2 -o "$cache/churn" "$root/Tests/tools/churn.c" 2>"$logs/churn-build.txt"
+churned=$(timeout 90 "$cache/churn" "${TCPTOP_CHURN_SECONDS:-60}" 7000 2>&1)
+port=$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$churned")
+count=$(sed -n 's/.*connections=\([0-9]*\).*/\1/p' <<<"$churned")
+sleep 2  # one poll (1 s) takes the last closes
+inside curl -s -m 10 http://localhost:9435/metrics >"$logs/churn-metrics.txt"
+sums=$(awk -v p="$port" '
+    /^tcptop_(sent|received)_bytes_total\{/ {
+        if (index($0, "rport=\"" p "\"")) client[$1 ~ /^tcptop_sent/ ? "sent" : "received"] += $NF
+        if (index($0, "lport=\"" p "\"")) server[$1 ~ /^tcptop_sent/ ? "sent" : "received"] += $NF
+    }
+    /^tcptop_exporter_closes_not_recorded_total / { lost = $NF }
+    /^tcptop_unattributed_bytes_total\{/ { unattributed += $NF }
+    /^tcptop_exporter_series\{/ { series += $NF }
+    END { printf "%d %d %d %d %d %d %d", client["sent"], client["received"], server["sent"], server["received"], lost, unattributed, series }
+' "$logs/churn-metrics.txt")
+read -r c_sent c_recv s_sent s_recv lost unattributed series <<<"$sums"
+hwm_kib=$(inside awk '/^VmHWM/ { print $2 }' "/proc/$(show MainPID)/status")
+want=$((count * 100))
+figure "churn under the unit: $count connections in ${churned##*seconds=} s; $series series; daemon peak RSS $((hwm_kib / 1024)) MiB"
+if [ -n "$count" ] && [ "$count" -gt 0 ] && [ "$c_sent" = "$want" ] && [ "$c_recv" = "$want" ] &&
+    [ "$s_sent" = "$want" ] && [ "$s_recv" = "$want" ] && [ "$lost" = 0 ] && [ "$unattributed" = 0 ] &&
+    [ "$hwm_kib" -lt $((128 * 1024)) ]; then
+    ok "a minute of churn ($count connections): every byte of both ends attributed, no close lost, peak RSS $((hwm_kib / 1024)) MiB (bound 128 MiB)"
+else
+    not_ok "a minute of churn: every close attributed, RSS bounded" \
+        "$churned; client $c_sent/$c_recv server $s_sent/$s_recv want $want; lost $lost unattributed $unattributed; VmHWM ${hwm_kib} KiB"
+fi
+
+# --- resources the unit bounds --------------------------------------------------
+
+# LimitNOFILE=32768, capped by the container's own hard limit (this host's
+# is 20000); the daemon needs web.max_connections + 256. MemoryMax= needs the
+# memory controller, which a container on a cgroup v1 host does not get.
+open_files=$(inside awk '/^Max open files/ { print $4 " " $5 }' "/proc/$(show MainPID)/limits")
+read -r soft hard <<<"$open_files"
+memory=$(show MemoryCurrent)
+memory_text="MemoryCurrent $memory (no memory controller here)"
+[[ "$memory" =~ ^[0-9]+$ ]] && memory_text="$((memory / 1048576)) MiB of MemoryMax=$(($(show MemoryMax) / 1048576)) MiB"
+figure "service after the churn: $memory_text; open files soft/hard $soft/$hard"
+if [ "${soft:-0}" -ge 16640 ] && [ "$soft" = "$hard" ] && [ "$(show MemoryMax)" = 268435456 ] &&
+    { ! [[ "$memory" =~ ^[0-9]+$ ]] || [ "$memory" -lt 268435456 ]; }; then
+    ok "open files $soft (room for web.max_connections 16384), MemoryMax=256M set on the unit"
+else
+    not_ok "LimitNOFILE= and MemoryMax= apply" "open files $soft/$hard, memory $memory of $(show MemoryMax)"
 fi
 
 # --- stop: no BPF programs left -----------------------------------------------

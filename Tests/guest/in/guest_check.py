@@ -492,6 +492,59 @@ def caps_check(want, journal):
           f"after attach the service keeps {want} for reading, in every thread", f"{line} | {sorted(values)}")
 
 
+def port_answers(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def unit_limits_check():
+    """What the unit bounds, under this guest's systemd (cgroup v2): open
+    files, memory, and the listen port: SocketBindAllow=tcp:9435 makes any
+    other bind fail with EPERM where systemd is built with BPF_FRAMEWORK,
+    and a reload to such a port keeps the running listener."""
+    pid = run("systemctl", "show", UNIT, "-p", "MainPID", "--value").stdout.strip()
+    limits = next((l.split() for l in open(f"/proc/{pid}/limits") if l.startswith("Max open files")), [])
+    soft = int(limits[3]) if len(limits) > 4 else 0
+    memory = run("systemctl", "show", UNIT, "-p", "MemoryCurrent", "--value").stdout.strip()
+    peak = run("systemctl", "show", UNIT, "-p", "MemoryPeak", "--value").stdout.strip()
+    limit = run("systemctl", "show", UNIT, "-p", "MemoryMax", "--value").stdout.strip()
+    emit(f"# service memory (cgroup, BPF maps included): current {memory}, peak {peak}, MemoryMax {limit}; "
+         f"open files {soft}")
+    check(soft >= 16640, f"open files {soft}: room for web.max_connections 16384", " ".join(limits))
+    check(memory.isdigit() and limit == "268435456" and int(memory) < int(limit),
+          f"MemoryMax=256M applies; the service uses {int(memory) >> 20 if memory.isdigit() else '?'} MiB", memory)
+
+    enforced = "+BPF_FRAMEWORK" in run("systemctl", "--version").stdout
+    config = "/etc/tcptop-exporter/tcptop-exporter.yml"
+    original = open(config).read()
+    with open(config, "w") as f:
+        f.write(original.replace('listen_addresses: [":9435"]', 'listen_addresses: [":9435", ":9436"]'))
+    try:
+        before = run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout.count("configuration reloaded")
+        run("systemctl", "reload", UNIT)
+        journal = ""
+        for _ in range(50):
+            journal = run("journalctl", "-u", UNIT, "--no-pager", "-o", "cat").stdout
+            if "previous listeners keep serving" in journal or journal.count("configuration reloaded") > before:
+                break
+            time.sleep(0.1)
+        refused = [l for l in journal.splitlines() if ":9436" in l and "previous listeners keep serving" in l]
+        if enforced:
+            check(refused and port_answers(9435) and not port_answers(9436),
+                  "SocketBindAllow=: a reload adding :9436 is refused (EPERM), :9435 keeps serving",
+                  " | ".join(journal.splitlines()[-3:]))
+        else:
+            emit("# SocketBindAllow= not enforced: this systemd is built without BPF_FRAMEWORK")
+            check(port_answers(9435), "a reload adding :9436 keeps :9435 serving", " | ".join(journal.splitlines()[-3:]))
+    finally:
+        with open(config, "w") as f:
+            f.write(original)
+        run("systemctl", "reload", UNIT)
+
+
 def unit_pass(expect):
     """auto, under systemd with the shipped unit. Returns seconds taken
     (start, traffic), or None where it did not serve."""
@@ -530,6 +583,7 @@ def unit_pass(expect):
     check('msg="configuration reloaded"' in journal, "the daemon re-read its configuration on reload",
           " | ".join(journal.splitlines()[-4:]))
     check_ends(scrape(), ends, "after reload")
+    unit_limits_check()
 
     security = run("systemd-analyze", "security", UNIT, "--no-pager")
     overall = [l for l in security.stdout.splitlines() if "Overall exposure" in l]
