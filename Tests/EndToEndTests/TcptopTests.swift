@@ -182,7 +182,7 @@ struct TcptopTests {
         let port = ExporterProcess.freePort()
         let output = try TcptopRun(["--from", "http://127.0.0.1:\(port)/metrics", "1", "1"]).finish()
         #expect(output.status == 1)
-        #expect(output.stderr == "tcptop: --from http://127.0.0.1:\(port)/metrics: cannot connect to 127.0.0.1:\(port): Connection refused\n")
+        #expect(output.stderr == "tcptop: --from http://127.0.0.1:\(port)/metrics: connect 127.0.0.1:\(port): Connection refused\n")
         #expect(output.stdout.isEmpty)
     }
 
