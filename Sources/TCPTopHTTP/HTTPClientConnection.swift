@@ -17,12 +17,20 @@ public final class HTTPClientConnection {
 
     private var authority: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
-    init(host: String, port: UInt16, options: HTTPClient.Options, deadline: ContinuousClock.Instant) throws(HTTPClientError) {
+    convenience init(host: String, port: UInt16, options: HTTPClient.Options, deadline: ContinuousClock.Instant)
+        throws(HTTPClientError)
+    {
+        let label = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let fd = try HTTPClientSocket.connect(host: host, port: port, label: label, options: options, deadline: deadline)
+        self.init(fd: fd, host: host, port: port, options: options)
+    }
+
+    /// Over a connected, non-blocking stream socket it then owns (the fuzz target uses a socketpair).
+    init(fd: Int32, host: String, port: UInt16, options: HTTPClient.Options) {
+        self.fd = fd
         self.host = host
         self.port = port
         self.options = options
-        let label = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        fd = try HTTPClientSocket.connect(host: host, port: port, label: label, options: options, deadline: deadline)
     }
 
     deinit { close(fd) }
