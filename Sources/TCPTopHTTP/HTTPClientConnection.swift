@@ -15,12 +15,12 @@ public final class HTTPClientConnection {
     private var start = 0
     private var scratch = [UInt8](repeating: 0, count: 256 << 10)
 
-    private var authority: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    private var authority: String { HTTPURL(host: host, port: port).authority }
 
     convenience init(host: String, port: UInt16, options: HTTPClient.Options, deadline: ContinuousClock.Instant)
         throws(HTTPClientError)
     {
-        let label = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let label = HTTPURL(host: host, port: port).authority
         let fd = try HTTPClientSocket.connect(host: host, port: port, label: label, options: options, deadline: deadline)
         self.init(fd: fd, host: host, port: port, options: options)
     }
@@ -54,7 +54,8 @@ public final class HTTPClientConnection {
         guard isVisible(method), isVisible(path),
               all.allSatisfy({ isVisible($0.name) && !$0.name.contains(":") && !$0.value.utf8.contains(where: { $0 < 32 && $0 != 9 }) })
         else {
-            throw HTTPClientError(.badRequest, "request \(method) \(path): a method, path or header has a forbidden character")
+            let line = HTTPReplyParser.printable("\(method) \(path)".utf8.prefix(80))
+            throw HTTPClientError(.badRequest, "request \(line): a method, path or header has a forbidden character")
         }
         var head = "\(method) \(path) HTTP/1.1\r\n"
         for field in all { head += "\(field.name): \(field.value)\r\n" }
