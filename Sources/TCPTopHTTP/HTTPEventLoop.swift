@@ -67,6 +67,8 @@ final class HTTPEventLoop {
             if let until = acceptPausedUntil, now >= until, cutAt == nil { resumeAccepting() }
             if cutAt == nil, server.isStopping { beginStop(now) }
             if cutAt != nil { running = !stopStep(now) }
+            server.openConnections.store(slots.count, ordering: .relaxed)
+            server.requestsBeingAnswered.store(activeRequests, ordering: .relaxed)
         }
         end()
     }
@@ -91,6 +93,8 @@ final class HTTPEventLoop {
                     return
                 }
             }
+            // Connections answered meanwhile are idle now, and may be evicted.
+            if slots.count >= configuration.maxConnections { takeFinished() }
             if slots.count >= configuration.maxConnections, !evictOne() {
                 // Every connection is being answered: nothing to give up for this one.
                 sendNow(fd, Array("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8))
@@ -339,6 +343,7 @@ final class HTTPEventLoop {
         // What is left is held by workers stuck in a handler; they close it when done.
         for (fd, slot) in slots where slot.phase != .busy { close(fd) }
         slots = [:]
+        server.openConnections.store(0, ordering: .relaxed)
         _ = tcptop_epoll_remove(server.epollFD, server.wakeFD)
         server.jobs.close(workers: workers)
     }

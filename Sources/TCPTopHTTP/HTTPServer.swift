@@ -54,6 +54,12 @@ public final class HTTPServer: Sendable {
     /// An eventfd: written to wake the loop (a connection handed back, stop).
     let wakeFD: Int32
     let jobs = HTTPJobQueue()
+    /// Open connections, as the loop last counted them (for tests and status).
+    public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
+    let openConnections = Atomic<Int>(0)
+    /// Requests handed to workers and not yet handed back, likewise.
+    var requestsInFlight: Int { requestsBeingAnswered.load(ordering: .relaxed) }
+    let requestsBeingAnswered = Atomic<Int>(0)
     private let state = Mutex(State())
 
     private struct State {

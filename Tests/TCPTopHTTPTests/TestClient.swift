@@ -1,3 +1,4 @@
+import CTCPTop
 import Glibc
 import Testing
 @testable import TCPTopHTTP
@@ -12,7 +13,7 @@ final class TestClient {
         var text: String { String(decoding: body, as: UTF8.self) }
     }
 
-    enum Failure: Error { case connect(Int32), closed, timedOut }
+    enum Failure: Error { case connect(Int32), closed, timedOut, badChunk(String) }
 
     let fd: Int32
     private var pending: [UInt8] = []
@@ -73,11 +74,50 @@ final class TestClient {
             let parts = line.split(separator: ":", maxSplits: 1)
             headers[parts[0].lowercased()] = parts.count > 1 ? parts[1].trimmingWhitespace() : ""
         }
-        let length = bodyExpected ? Int(headers["content-length"] ?? "0") ?? 0 : 0
-        while pending.count < length { try fill() }
-        let body = Array(pending[..<length])
-        pending.removeFirst(length)
-        return Response(status: status, headers: headers, body: body)
+        guard bodyExpected else { return Response(status: status, headers: headers, body: []) }
+        if headers["transfer-encoding"] == "chunked" {
+            return Response(status: status, headers: headers, body: try readChunkedBody())
+        }
+        guard let length = headers["content-length"].flatMap({ Int($0) }) else {
+            // Neither length nor chunks: the body ends when the server closes.
+            while (try? fill()) != nil {}
+            defer { pending = [] }
+            return Response(status: status, headers: headers, body: pending)
+        }
+        return Response(status: status, headers: headers, body: try take(length))
+    }
+
+    /// A chunked body, decoded; throws when the connection ends before the last (empty) chunk.
+    private func readChunkedBody() throws -> [UInt8] {
+        var body: [UInt8] = []
+        while true {
+            while firstIndex(of: [13, 10]) == nil { try fill() }
+            let lineEnd = firstIndex(of: [13, 10])!
+            let sizeText = String(decoding: pending[..<lineEnd], as: UTF8.self)
+            pending.removeFirst(lineEnd + 2)
+            guard let size = Int(sizeText, radix: 16) else { throw Failure.badChunk(sizeText) }
+            let data = try take(size + 2)
+            guard data.suffix(2) == [13, 10] else { throw Failure.badChunk("no CRLF after \(size) bytes") }
+            if size == 0 { return body }
+            body += data.dropLast(2)
+        }
+    }
+
+    private func take(_ count: Int) throws -> [UInt8] {
+        while pending.count < count { try fill() }
+        defer { pending.removeFirst(count) }
+        return Array(pending[..<count])
+    }
+
+    /// True while the server keeps the connection open (nothing readable, no hang-up), without waiting.
+    func isOpen() -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return pending.isEmpty && poll(&entry, 1, 0) == 0
+    }
+
+    /// Sends raw bytes (a TLS record, say).
+    func send(bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
     /// True when the server closed the connection (EOF or reset) with nothing more to read.
@@ -173,4 +213,29 @@ struct Case<Expected: Sendable>: Sendable, CustomTestStringConvertible {
         let escaped = text.debugDescription
         return escaped.count > 70 ? escaped.prefix(70) + "…\"" : escaped
     }
+}
+
+/// Inflates one gzip member with zlib; nil if the data is not valid gzip.
+func gunzip(_ data: [UInt8]) -> [UInt8]? {
+    var stream = z_stream()
+    // 15 + 16 window bits: expect a gzip header. inflateInit2 is a macro.
+    guard inflateInit2_(&stream, 15 + 16, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK else { return nil }
+    defer { inflateEnd(&stream) }
+    var input = data
+    var output: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    var status: Int32 = Z_OK
+    input.withUnsafeMutableBufferPointer { inputBuffer in
+        stream.next_in = inputBuffer.baseAddress
+        stream.avail_in = uInt(inputBuffer.count)
+        while status == Z_OK {
+            chunk.withUnsafeMutableBufferPointer { chunkBuffer in
+                stream.next_out = chunkBuffer.baseAddress
+                stream.avail_out = uInt(chunkBuffer.count)
+                status = inflate(&stream, Z_NO_FLUSH)
+            }
+            output += chunk[..<(chunk.count - Int(stream.avail_out))]
+        }
+    }
+    return status == Z_STREAM_END ? output : nil
 }
