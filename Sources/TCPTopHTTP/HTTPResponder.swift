@@ -1,3 +1,4 @@
+import CTCPTop
 import Glibc
 import Logging
 
