@@ -126,6 +126,9 @@ public final class HTTPClientConnection {
         return Array(buffer[start...])
     }
 
+    /// Bytes received and not yet read as a reply.
+    public var hasBufferedBytes: Bool { start < buffer.count }
+
     /// True when the peer closed or reset the connection, with nothing left
     /// to read, within `timeout` (default: the options' timeout).
     public func isClosedByPeer(within timeout: Duration? = nil) -> Bool {

@@ -51,6 +51,17 @@ final class TestClient {
         }
     }
 
+    /// True while the server keeps the connection open (nothing readable, no hang-up), without waiting.
+    func isOpen() -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return !connection.hasBufferedBytes && poll(&entry, 1, 0) == 0
+    }
+
+    /// Sends raw bytes (a TLS record, say); best effort, like `send(_:)`.
+    func send(bytes: [UInt8]) {
+        try? connection.send(bytes)
+    }
+
     /// True when the server closed the connection (EOF or reset) with nothing more to read.
     func isClosedByServer() -> Bool { connection.isClosedByPeer() }
 
@@ -136,4 +147,9 @@ struct Case<Expected: Sendable>: Sendable, CustomTestStringConvertible {
         let escaped = text.debugDescription
         return escaped.count > 70 ? escaped.prefix(70) + "…\"" : escaped
     }
+}
+
+/// A gzip body decoded by the client's own inflater; nil when it is not gzip.
+func gunzip(_ data: [UInt8]) -> [UInt8]? {
+    try? HTTPGunzip.inflate(data, maxBytes: 1 << 30)
 }
