@@ -60,7 +60,7 @@ public final class HTTPServer: Sendable {
     /// Requests handed to workers and not yet handed back, likewise.
     var requestsInFlight: Int { requestsBeingAnswered.load(ordering: .relaxed) }
     let requestsBeingAnswered = Atomic<Int>(0)
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private struct State {
         var started = false

@@ -1,5 +1,4 @@
 import Dispatch
-import Synchronization
 
 /// A complete request, handed from the event loop to a worker.
 struct HTTPJob: Sendable {
@@ -22,7 +21,7 @@ final class HTTPJobQueue: Sendable {
         var jobs: [HTTPJob] = []
         var closed = false
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let available = DispatchSemaphore(value: 0)
 
     func submit(_ job: HTTPJob) {

@@ -2,7 +2,6 @@ import TCPTopHTTP
 import Dispatch
 import Foundation
 import Logging
-import Synchronization
 import TCPTopBPF
 import TCPTopCore
 
@@ -35,9 +34,9 @@ public final class Daemon: Sendable {
     /// What a reload changes while HTTP threads, timers and `run()` read it.
     /// Written only on `queue` (and by `run()` before the first timer or
     /// signal source exists); read anywhere, under the lock.
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// Read by every request; replaced by a reload of the telemetry path.
-    private let router = Mutex(HTTPRouter())
+    private let router = Locked(HTTPRouter())
 
     // Unchecked only for the dispatch sources: thread-safe objects that
     // swift-corelibs-libdispatch does not mark Sendable.
@@ -54,7 +53,7 @@ public final class Daemon: Sendable {
     public init(options: Options) throws {
         self.options = options
         let config = try Self.loadConfig(options)
-        state = Mutex(State(config: config))
+        state = Locked(State(config: config))
         logSettings = LogSettings(level: config.log.level, format: config.log.format)
         let settings = logSettings
         log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
