@@ -140,28 +140,34 @@ enum ScrapeFigure {
     /// made-up connection ends; prints one line of key=value results.
     static func syntheticChild(series: Int, rounds: Int) {
         var samples = makeSamples(series)
+        if ProcessInfo.processInfo.environment["PHASES"] != nil { FileHandle.standardError.write(Data("samples rss \(statusBytes(pid: getpid(), field: "VmRSS")! >> 20) hwm \(statusBytes(pid: getpid(), field: "VmHWM")! >> 20)\n".utf8)) }
         // No series cap: the figure measures the registry at 1M series.
         let registry = ConnectionRegistry(views: [ViewConfig()], closedRetention: ExporterConfig().connections.closedRetention.inSeconds)
         var clock = 1.0
         // The first scrape also inserts every connection end.
-        let first = timed {
+        // As the daemon does: update and snapshot (under its lock), then the
+        // snapshot streamed in 64 KiB pieces to a sink that counts them, as
+        // a socket would take them.
+        var textBytes = 0
+        func scrape() {
+            let t0 = now()
             registry.update(with: samples, now: clock)
-            var writer = ExpositionWriter(reservingCapacity: 16384)  // render() reserves what the series need
-            registry.render(into: &writer)
+            let t1 = now()
+            let snapshot = registry.snapshot()
+            let t2 = now()
+            textBytes = 0
+            snapshot.write { textBytes += $0.count }
+            if ProcessInfo.processInfo.environment["PHASES"] != nil { FileHandle.standardError.write(Data("update \(t1-t0) snapshot \(t2-t1) write \(now()-t2) rss \(statusBytes(pid: getpid(), field: "VmRSS")! >> 20) hwm \(statusBytes(pid: getpid(), field: "VmHWM")! >> 20)\n".utf8)) }
         }
+        let first = timed(scrape)
+        if ProcessInfo.processInfo.environment["FIRST_ONLY"] != nil { exit(0) }
 
         // Each scrape re-reads every connection (counters moved) and renders.
         var times: [Double] = []
-        var textBytes = 0
         for _ in 0..<rounds {
             for index in samples.indices { samples[index].sentBytes += 1 }
             clock += 1
-            times.append(timed {
-                registry.update(with: samples, now: clock)
-                var writer = ExpositionWriter(reservingCapacity: 16384)  // render() reserves what the series need
-                registry.render(into: &writer)
-                textBytes = writer.bytes.count
-            })
+            times.append(timed(scrape))
         }
         let peak = statusBytes(pid: getpid(), field: "VmHWM") ?? 0
         print("scrape=\(median(times)) first=\(first) hwm=\(peak) bytes=\(textBytes)")
@@ -176,8 +182,10 @@ enum ScrapeFigure {
     /// Realistic labels: a few dozen processes, three in four ends IPv4,
     /// distinct remote addresses (so every end is its own series).
     private static func makeSamples(_ count: Int) -> [ConnectionSample] {
-        let names = ["nginx", "postgres", "java", "python3", "node", "envoy", "redis-server", "curl"]
-        var generator = SystemRandomNumberGenerator()
+        // One array per process name, as the tracer shares them.
+        let names = ["nginx", "postgres", "java", "python3", "node", "envoy", "redis-server", "curl"].map { Array($0.utf8) }
+        // Seeded: the input is the same each run (and made without a syscall per number).
+        var generator = SeededNumbers(state: UInt64(count))
         return (0..<count).map { index in
             let pid = UInt32(1000 + index % 48)
             let ipv4 = index % 4 != 3
@@ -189,12 +197,24 @@ enum ScrapeFigure {
                    UInt8((n >> 24) & 0xff), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)]
             let family: AddressFamily = ipv4 ? .ipv4 : .ipv6
             let labels = ConnectionLabels(
-                pid: pid, comm: Array(names[index % names.count].utf8), family: family,
-                localAddress: addressText(family: family, bytes: local), localPort: UInt16.random(in: 32768...60999),
+                pid: pid, comm: names[index % names.count], family: family,
+                localAddress: addressText(family: family, bytes: local), localPort: UInt16.random(in: 32768...60999, using: &generator),
                 remoteAddress: addressText(family: family, bytes: remote), remotePort: [443, 5432, 6379, 8080][index % 4])
             return ConnectionSample(
                 id: ConnectionID(cookie: UInt64(index + 1), pid: pid), labels: labels,
-                sentBytes: UInt64.random(in: 1...1 << 30), receivedBytes: UInt64.random(in: 1...1 << 30), closed: false)
+                sentBytes: UInt64.random(in: 1...1 << 30, using: &generator), receivedBytes: UInt64.random(in: 1...1 << 30, using: &generator), closed: false)
         }
+    }
+}
+
+/// SplitMix64.
+struct SeededNumbers: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
