@@ -25,6 +25,12 @@ struct EntryIndex {
         }
     }
 
+    /// Loads the table entry where `id` starts (see `LabelTextStore.touch`).
+    @inline(__always)
+    func touch(_ id: ConnectionID) -> Int32 {
+        table.isEmpty ? 0 : table[Self.hash(id) & (table.count - 1)]
+    }
+
     /// Indexes the entry that is about to be appended at `index` (rebuilds
     /// index `entries`, which must not hold it yet).
     mutating func insert(_ id: ConnectionID, at index: Int, entries: [RegistryEntry]) {

@@ -5,7 +5,7 @@ import Glibc
 /// The label text of every series slot of a view, in an arena of 64 KiB
 /// chunks, with an open-addressing index from text to slot. A text per
 /// slot as its own array cost ~210 bytes for ~115 bytes of text at 100k
-/// series; here it is the text plus 7 bytes, and the index 8 to 16 bytes
+/// series; here it is the text plus 11 bytes, and the index 4 to 8 bytes
 /// per series.
 ///
 /// A value type that a scrape's snapshot copies: a later change copies at
@@ -16,6 +16,10 @@ struct LabelTextStore {
     private(set) var texts = LabelTexts()
     /// Whether the slot's text is in the index (the overflow series' is not).
     private var indexed: [Bool] = []
+    /// Each slot's text hash (its low 32 bits): a rebuild or a removal does
+    /// not read and hash the text again (a fifth of a big first read), and
+    /// most wrong candidates are told apart without comparing texts.
+    private var hashes: [UInt32] = []
     /// A slot, or `empty` / `deleted`; its size is a power of two.
     private var table: [Int32] = []
     private var tableUsed = 0  // slots and tombstones
@@ -35,14 +39,28 @@ struct LabelTextStore {
         texts.withText(of: slot, body)
     }
 
+    /// Loads the index entry where `hash` starts, so that the look-up that
+    /// follows finds it in cache (a batch of new label sets touches theirs
+    /// first: their cache misses overlap). Returns it, to be kept alive.
+    @inline(__always)
+    func touch(hash: Int) -> Int32 {
+        table.isEmpty ? 0 : table[Int(UInt32(truncatingIfNeeded: hash)) & (table.count - 1)]
+    }
+
     /// The indexed slot whose text is `text`, if any.
-    func slot(for text: [UInt8]) -> Int32? {
+    func slot(for text: [UInt8]) -> Int32? { slot(for: text[...], hash: Self.hash(text[...])) }
+
+    /// The same, with the text's `hash(_:)` already known (a new label set
+    /// is looked up, then stored: hashed once).
+    func slot(for text: ArraySlice<UInt8>, hash: Int) -> Int32? {
         guard !table.isEmpty, text.count <= Int16.max else { return nil }
         let mask = table.count - 1
-        var position = Self.hash(text) & mask
+        var position = Int(UInt32(truncatingIfNeeded: hash)) & mask
         while table[position] != Self.empty {
             let candidate = table[position]
-            if candidate >= 0 && equals(Int(candidate), text) { return candidate }
+            if candidate >= 0 && hashes[Int(candidate)] == UInt32(truncatingIfNeeded: hash) && equals(Int(candidate), text) {
+                return candidate
+            }
             position = (position + 1) & mask
         }
         return nil
@@ -50,10 +68,15 @@ struct LabelTextStore {
 
     /// Gives `slot` (an existing one, or the next new one) the text `text`.
     mutating func set(slot: Int, text: [UInt8], indexed isIndexed: Bool) {
+        set(slot: slot, text: text[...], indexed: isIndexed, hash: nil)
+    }
+
+    mutating func set(slot: Int, text: ArraySlice<UInt8>, indexed isIndexed: Bool, hash: Int?) {
         if slot == texts.start.count {
             texts.start.append(0)
             texts.length.append(-1)
             indexed.append(false)
+            hashes.append(0)
         }
         precondition(texts.length[slot] < 0, "a slot's text is set once until cleared")
         precondition(text.count <= Int16.max, "a label text is at most 32 KiB")
@@ -61,7 +84,11 @@ struct LabelTextStore {
         texts.length[slot] = Int16(text.count)
         liveBytes += text.count
         // Indexed after the insert: a rebuild on the way must not see it twice.
-        if isIndexed { addToIndex(Int32(slot), text: text) }
+        if isIndexed {
+            let hash = hash ?? Self.hash(text)
+            hashes[slot] = UInt32(truncatingIfNeeded: hash)
+            addToIndex(Int32(slot), hash: Int(hashes[slot]))
+        }
         indexed[slot] = isIndexed
     }
 
@@ -80,10 +107,10 @@ struct LabelTextStore {
 
     // MARK: Index
 
-    private mutating func addToIndex(_ slot: Int32, text: [UInt8]) {
+    private mutating func addToIndex(_ slot: Int32, hash: Int) {
         if (tableUsed + 1) * 2 > table.count { rebuildIndex(capacityFor: indexedCount + 1) }
         let mask = table.count - 1
-        var position = Self.hash(text) & mask
+        var position = Int(UInt32(truncatingIfNeeded: hash)) & mask
         while table[position] >= 0 { position = (position + 1) & mask }
         if table[position] == Self.empty { tableUsed += 1 }
         table[position] = slot
@@ -92,7 +119,7 @@ struct LabelTextStore {
 
     private mutating func removeFromIndex(_ slot: Int32) {
         let mask = table.count - 1
-        var position = withText(of: Int(slot), Self.hash) & mask
+        var position = Int(hashes[Int(slot)]) & mask
         while table[position] != slot { position = (position + 1) & mask }
         table[position] = Self.deleted
         indexedCount -= 1
@@ -106,14 +133,14 @@ struct LabelTextStore {
         tableUsed = 0
         let mask = size - 1
         for slot in indexed.indices where indexed[slot] {
-            var position = withText(of: slot, Self.hash) & mask
+            var position = Int(hashes[slot]) & mask
             while table[position] != Self.empty { position = (position + 1) & mask }
             table[position] = Int32(slot)
             tableUsed += 1
         }
     }
 
-    private func equals(_ slot: Int, _ text: [UInt8]) -> Bool {
+    private func equals(_ slot: Int, _ text: ArraySlice<UInt8>) -> Bool {
         guard Int(texts.length[slot]) == text.count else { return false }
         guard !text.isEmpty else { return true }
         return withText(of: slot) { stored in
@@ -121,7 +148,7 @@ struct LabelTextStore {
         }
     }
 
-    private static func hash(_ text: [UInt8]) -> Int {
+    static func hash(_ text: ArraySlice<UInt8>) -> Int {
         text.withUnsafeBytes(hash)
     }
 

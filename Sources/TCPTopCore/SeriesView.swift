@@ -5,7 +5,11 @@
 /// A series is kept while it has members (connection ends) or was active
 /// within the retention; the final counts of members that expire are folded
 /// into the series' base so its value never goes backwards.
-final class SeriesView {
+///
+/// A struct the registry mutates in place: its fields are then checked for
+/// exclusive access once per call, not once per array touched (that was a
+/// tenth of a first big read).
+struct SeriesView {
     enum SlotState {
         case free
         /// A label set rendered as its own series.
@@ -41,8 +45,10 @@ final class SeriesView {
     private(set) var overflowSlot: Int32?
     private(set) var ownSeriesCount = 0
     private(set) var overflowedLabelSetCount = 0
-    /// Scratch space for a new member's label text, kept between calls.
-    private var scratch: [UInt8] = []
+    /// Label texts of a batch of new members, built ahead (`prepare`).
+    private var prepared: [UInt8] = []
+    private var preparedEnds: [Int] = []
+    private var preparedHashes: [Int] = []
 
     init(config: ViewConfig) {
         self.config = config
@@ -57,7 +63,7 @@ final class SeriesView {
     }
 
     /// Room for `count` members without a doubling chain on a first big read.
-    func reserveMembers(_ count: Int) {
+    mutating func reserveMembers(_ count: Int) {
         if count > slotOfEntry.capacity { slotOfEntry.reserveCapacity(count) }
     }
 
@@ -66,23 +72,52 @@ final class SeriesView {
     // MARK: Membership
 
     /// Adds a new connection end (appended to the registry's entries).
-    func addMember(labels: ConnectionLabels, now: Double) {
-        fillLabelText(for: labels)
+    mutating func addMember(labels: ConnectionLabels, now: Double) {
+        _ = prepare(CollectionOfOne(labels))
+        addPreparedMember(0, now: now)
+    }
+
+    /// Builds the label texts of a batch of new members and touches their
+    /// index entries, so that their cache misses overlap; then
+    /// `addPreparedMember` adds each in turn.
+    mutating func prepare(_ batch: some Collection<ConnectionLabels>) -> Int32 {
+        var text: [UInt8] = []
+        swap(&text, &prepared)  // built in a local: no access check per byte
+        text.removeAll(keepingCapacity: true)
+        preparedEnds.removeAll(keepingCapacity: true)
+        preparedHashes.removeAll(keepingCapacity: true)
+        for labels in batch {
+            let start = text.count
+            fillLabelText(for: labels, into: &text)
+            preparedEnds.append(text.count)
+            preparedHashes.append(LabelTextStore.hash(text[start...]))
+        }
+        swap(&text, &prepared)
+        // A tight loop of independent loads: their misses overlap.
+        var touched: Int32 = 0
+        for hash in preparedHashes { touched &+= labelTexts.touch(hash: hash) }
+        return touched
+    }
+
+    /// Adds the `index`th member of the prepared batch (appended to the registry's entries).
+    mutating func addPreparedMember(_ index: Int, now: Double) {
+        let text = prepared[(index == 0 ? 0 : preparedEnds[index - 1])..<preparedEnds[index]]
+        let hash = preparedHashes[index]
         // Own and overflowed label sets are found by their escaped values (escaping is injective).
-        let slot = labelTexts.slot(for: scratch) ?? newLabelSet(scratch)
+        let slot = labelTexts.slot(for: text, hash: hash) ?? newLabelSet(text, hash: hash)
         memberCount[Int(slot)] += 1
         slotOfEntry.append(slot)
         touch(slot: slot, now: now)
     }
 
     /// The member at `entryIndex` changed its counters.
-    func touchMember(at entryIndex: Int, now: Double) {
+    mutating func touchMember(at entryIndex: Int, now: Double) {
         touch(slot: slotOfEntry[entryIndex], now: now)
     }
 
     /// The member at `entryIndex` expired: its final counts go into the base,
     /// then it is removed the way the registry removes it (last moves into its place).
-    func removeMember(at entryIndex: Int, finalSent: UInt64, finalReceived: UInt64) {
+    mutating func removeMember(at entryIndex: Int, finalSent: UInt64, finalReceived: UInt64) {
         let slot = Int(slotOfEntry[entryIndex])
         baseSent[slot] &+= finalSent
         baseReceived[slot] &+= finalReceived
@@ -91,20 +126,20 @@ final class SeriesView {
         slotOfEntry.removeLast()
     }
 
-    private func touch(slot: Int32, now: Double) {
+    private mutating func touch(slot: Int32, now: Double) {
         lastActivity[Int(slot)] = now
         if state[Int(slot)] == .overflowed, let overflowSlot {
             lastActivity[Int(overflowSlot)] = now
         }
     }
 
-    private func newLabelSet(_ text: [UInt8]) -> Int32 {
+    private mutating func newLabelSet(_ text: ArraySlice<UInt8>, hash: Int) -> Int32 {
         let full = config.maxSeries > 0 && ownSeriesCount >= config.maxSeries
         // A real label set that reads like the overflow one joins it rather than duplicating it.
-        let overflowed = full || text == overflowLabelText
-        let slot = allocateSlot(text, state: overflowed ? .overflowed : .own)
+        let overflowed = full || text.elementsEqual(overflowLabelText)
+        let slot = allocateSlot(text, hash: hash, state: overflowed ? .overflowed : .own)
         if overflowed {
-            let overflow = overflowSlot ?? allocateSlot(overflowLabelText, state: .overflow)
+            let overflow = overflowSlot ?? allocateSlot(overflowLabelText[...], hash: nil, state: .overflow)
             overflowSlot = overflow
             memberCount[Int(overflow)] += 1
             overflowedLabelSetCount += 1
@@ -118,7 +153,7 @@ final class SeriesView {
 
     /// Removes series without members whose last activity is `retention` or more ago.
     /// An overflowed label set hands its base to the overflow series first.
-    func expireSeries(now: Double, retention: Double) {
+    mutating func expireSeries(now: Double, retention: Double) {
         for slot in state.indices where state[slot] == .own || state[slot] == .overflowed {
             guard memberCount[slot] == 0, now - lastActivity[slot] >= retention else { continue }
             if state[slot] == .overflowed, let overflow = overflowSlot.map(Int.init) {
@@ -140,16 +175,16 @@ final class SeriesView {
 
     // MARK: Slots
 
-    private func allocateSlot(_ text: [UInt8], state newState: SlotState) -> Int32 {
+    private mutating func allocateSlot(_ text: ArraySlice<UInt8>, hash: Int?, state newState: SlotState) -> Int32 {
         // The overflow series is never looked up by its text.
         let indexed = newState != .overflow
         if let slot = freeSlots.popLast() {
             let index = Int(slot)
             state[index] = newState
-            labelTexts.set(slot: index, text: text, indexed: indexed)
+            labelTexts.set(slot: index, text: text, indexed: indexed, hash: hash)
             return slot
         }
-        labelTexts.set(slot: state.count, text: text, indexed: indexed)
+        labelTexts.set(slot: state.count, text: text, indexed: indexed, hash: hash)
         state.append(newState)
         baseSent.append(0)
         baseReceived.append(0)
@@ -158,7 +193,7 @@ final class SeriesView {
         return Int32(state.count - 1)
     }
 
-    private func freeSlot(_ slot: Int) {
+    private mutating func freeSlot(_ slot: Int) {
         labelTexts.clear(slot: slot)
         state[slot] = .free
         baseSent[slot] = 0
@@ -169,19 +204,18 @@ final class SeriesView {
 
     // MARK: Labels
 
-    /// The member's escaped label values as `LabelLayout` stores them, built
-    /// in the scratch buffer: this runs for every new connection end in every view.
-    private func fillLabelText(for labels: ConnectionLabels) {
-        scratch.removeAll(keepingCapacity: true)
+    /// The member's escaped label values as `LabelLayout` stores them,
+    /// appended to `text`: this runs for every new connection end in every view.
+    private func fillLabelText(for labels: ConnectionLabels, into text: inout [UInt8]) {
         for label in config.labels {
             switch label {
-            case .pid: LabelLayout.appendDecimal(UInt64(labels.pid), to: &scratch)
-            case .comm: LabelLayout.appendValue(escapedLabelValue(labels.comm), to: &scratch)
-            case .family: LabelLayout.appendValue(labels.family.rawValue.utf8, to: &scratch)
-            case .laddr: LabelLayout.appendText(labels.localAddress, to: &scratch)
-            case .lport: LabelLayout.appendDecimal(UInt64(labels.localPort), to: &scratch)
-            case .raddr: LabelLayout.appendText(labels.remoteAddress, to: &scratch)
-            case .rport: LabelLayout.appendDecimal(UInt64(labels.remotePort), to: &scratch)
+            case .pid: LabelLayout.appendDecimal(UInt64(labels.pid), to: &text)
+            case .comm: LabelLayout.appendValue(escapedLabelValue(labels.comm), to: &text)
+            case .family: LabelLayout.appendValue(labels.family == .ipv4 ? ipv4Name : ipv6Name, to: &text)
+            case .laddr: LabelLayout.appendText(labels.localAddress, to: &text)
+            case .lport: LabelLayout.appendDecimal(UInt64(labels.localPort), to: &text)
+            case .raddr: LabelLayout.appendText(labels.remoteAddress, to: &text)
+            case .rport: LabelLayout.appendDecimal(UInt64(labels.remotePort), to: &text)
             }
         }
     }
@@ -273,32 +307,38 @@ struct LabelLayout: Sendable {
     }
 
     static func appendDecimal(_ value: UInt64, to text: inout [UInt8]) {
-        var count = 1
-        var scale: UInt64 = 10
-        while count < 20 && value >= scale {
-            count += 1
-            scale = scale &* 10
-        }
-        text.append(UInt8(count))
-        let end = text.count + count
-        text.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: count))
-        var rest = value
-        for position in stride(from: end - 1, through: end - count, by: -1) {
-            text[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest % 10)
-            rest /= 10
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 21) { digits in
+            var start = 21
+            var rest = value
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest % 10)
+                rest /= 10
+            } while rest > 0
+            start -= 1
+            digits[start] = UInt8(21 - start - 1)  // the length byte
+            text.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start..<21]))
         }
     }
 
     /// A value that needs no escaping (an address) is appended as it is.
     static func appendText(_ value: String, to text: inout [UInt8]) {
-        let utf8 = value.utf8
-        if utf8.allSatisfy({ $0 < 0x80 && $0 != UInt8(ascii: "\\") && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\n") }) {
-            appendValue(utf8, to: &text)
-        } else {
-            appendValue(escapedLabelValue(value), to: &text)
+        var value = value
+        let plain = value.withUTF8 { bytes -> Bool in
+            let clean = bytes.count <= maxValueBytes
+                && bytes.allSatisfy { $0 < 0x80 && $0 != UInt8(ascii: "\\") && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\n") }
+            if clean {
+                appendLength(bytes.count, to: &text)
+                text.append(contentsOf: bytes)
+            }
+            return clean
         }
+        if !plain { appendValue(escapedLabelValue(value), to: &text) }
     }
 }
+
+private let ipv4Name = Array(AddressFamily.ipv4.rawValue.utf8)
+private let ipv6Name = Array(AddressFamily.ipv6.rawValue.utf8)
 
 /// The `# HELP` and `# TYPE` lines of a family, as bytes.
 func familyHeader(name: String, help: String) -> [UInt8] {
