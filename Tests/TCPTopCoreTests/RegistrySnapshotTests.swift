@@ -79,3 +79,60 @@ import TCPTopCore
         #expect(values[#"tcptop_sent_bytes_total{pid="100",comm="curl",family="ipv4",laddr="\#(escaped)",lport="40000",raddr="10.0.0.2",rport="443"}"#] == 5)
     }
 }
+
+/// The registry's id index, read-order hint and batched inserts against a
+/// dictionary: reads in any order, cookies in any order (not only rising),
+/// an end read live then closed in the same read, ends that vanish.
+@Suite struct RegistryIndexTests {
+    @Test(arguments: [1 as UInt64, 2, 3, 4])
+    func anyReadOrderAndCookieOrderAgreeWithADictionary(seed: UInt64) {
+        var random = SplitMix64(state: seed)
+        let registry = ConnectionRegistry(closedRetention: 1e9)  // nothing expires: every series stays
+        var open: [UInt64: ConnectionSample] = [:]
+        var expected: [UInt64: UInt64] = [:]  // cookie -> sent (each end its own series: distinct lport)
+        var usedCookies: Set<UInt64> = []
+        for step in 0..<400 {
+            var read: [ConnectionSample] = []
+            for _ in 0..<Int(random.next() % 40) {
+                var cookie = random.next() % 100_000 + 1
+                while usedCookies.contains(cookie) { cookie = random.next() % 100_000 + 1 }
+                usedCookies.insert(cookie)
+                open[cookie] = sample(cookie: cookie, pid: UInt32(cookie % 7), lport: UInt16(cookie % 60_000),
+                                      raddr: "10.1.\(cookie / 60_000).1", sent: 0, received: 0)
+            }
+            for cookie in open.keys.sorted() {
+                var connection = open[cookie]!
+                let fate = random.next() % 20
+                if fate == 0 {  // vanishes from the kernel: the last read's counts stay
+                    open[cookie] = nil
+                    continue
+                }
+                connection.sentBytes += random.next() % 100
+                expected[cookie] = connection.sentBytes
+                read.append(connection)
+                if fate == 1 {  // read live, then closed with more bytes, in one read
+                    connection.sentBytes += 5
+                    connection.closed = true
+                    expected[cookie] = connection.sentBytes
+                    read.append(connection)
+                    open[cookie] = nil
+                } else {
+                    open[cookie] = connection
+                }
+            }
+            // Mostly the kernel's order, sometimes shuffled, so both the hint and the index are used.
+            if random.next() % 3 == 0 { read.shuffle(using: &random) }
+            registry.update(with: read, now: Double(step))
+            #expect(registry.liveEntries == open.count)
+        }
+        var values: [UInt64: UInt64] = [:]
+        for (series, value) in renderedValues(registry) where series.hasPrefix("tcptop_sent_bytes_total") {
+            let lport = series.split(separator: "lport=\"")[1].prefix { $0 != "\"" }
+            let raddr = series.split(separator: "raddr=\"10.1.")[1].prefix { $0 != "." }
+            values[UInt64(raddr)! * 60_000 + UInt64(lport)!] = value
+        }
+        let wrong = expected.filter { values[$0.key] != $0.value }
+        #expect(values.count == expected.count)
+        #expect(wrong.isEmpty, "\(wrong.count) series differ, e.g. \(wrong.prefix(3).map { "\($0.key): \(values[$0.key].map(String.init) ?? "none") not \($0.value)" })")
+    }
+}
