@@ -51,11 +51,12 @@ public final class ConnectionRegistry {
         var next = 0
         var current = 0
         while current < samples.count {
-            let sample = samples[current]
-            if next < entries.count && entries[next].has(sample.id) {
-                apply(sample, toEntryAt: next, now: now)
+            // Fields, not the whole sample: a copy would retain its labels' three buffers.
+            let id = samples[current].id
+            if next < entries.count && entries[next].has(id) {
+                apply(samples[current].counts, toEntryAt: next, now: now)
                 next += 1
-            } else if sample.id.cookie > highestCookie {
+            } else if id.cookie > highestCookie {
                 // A run of rising cookies above every known one: all new, all distinct.
                 var end = current + 1
                 while end < samples.count && end - current < Self.batch && samples[end].id.cookie > samples[end - 1].id.cookie {
@@ -65,8 +66,8 @@ public final class ConnectionRegistry {
                 next = entries.count
                 current = end
                 continue
-            } else if let position = index.find(sample.id, in: entries) {
-                apply(sample, toEntryAt: position, now: now)
+            } else if let position = index.find(id, in: entries) {
+                apply(samples[current].counts, toEntryAt: position, now: now)
                 next = position + 1
             } else {
                 insert(samples[current...current], now: now)
@@ -106,7 +107,7 @@ public final class ConnectionRegistry {
         }
     }
 
-    private func apply(_ sample: ConnectionSample, toEntryAt position: Int, now: Double) {
+    private func apply(_ sample: SampleCounts, toEntryAt position: Int, now: Double) {
         var entry = entries[position]
         // A lower value can only be a stale read; keeping the higher one keeps every sum monotonic.
         let changed = sample.sentBytes > entry.sent || sample.receivedBytes > entry.received
@@ -171,6 +172,17 @@ public final class ConnectionRegistry {
                 overflowedLabelSets: $0.overflowedLabelSetCount)
         }
     }
+}
+
+/// What a read says of a known end.
+struct SampleCounts {
+    var sentBytes: UInt64
+    var receivedBytes: UInt64
+    var closed: Bool
+}
+
+extension ConnectionSample {
+    var counts: SampleCounts { SampleCounts(sentBytes: sentBytes, receivedBytes: receivedBytes, closed: closed) }
 }
 
 /// One connection end as the registry holds it: 32 bytes.
