@@ -43,9 +43,11 @@ struct EntryIndex {
         live += 1
     }
 
-    /// Room for `count` entries without a rebuild (one resize for a first big read).
+    /// Room for `count` entries in all (never fewer than are indexed)
+    /// without a rebuild: one resize for a first big read.
     mutating func reserve(_ count: Int, entries: [RegistryEntry]) {
-        if (count + used - live) * 2 > table.count { rebuild(capacityFor: count, entries: entries) }
+        let needed = max(count, entries.count)
+        if (needed + used - live) * 2 > table.count { rebuild(capacityFor: needed, entries: entries) }
     }
 
     mutating func remove(_ id: ConnectionID, at index: Int) {
@@ -68,7 +70,7 @@ struct EntryIndex {
     /// A table without tombstones, at most half full after it.
     private mutating func rebuild(capacityFor count: Int, entries: [RegistryEntry]) {
         var size = 16
-        while size < count * 2 { size *= 2 }
+        while size < max(count, entries.count) * 2 { size *= 2 }
         table = [Int32](repeating: Self.empty, count: size)
         used = 0
         live = 0

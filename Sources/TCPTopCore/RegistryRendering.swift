@@ -70,8 +70,6 @@ struct OutputBuffer {
     let capacity: Int
     var count = 0
 
-    var room: Int { capacity - count }
-
     /// Most of what a sample is made of is 1 to 32 bytes: copied with two
     /// overlapping loads and stores instead of a call to memcpy (16 per sample).
     @inline(__always)

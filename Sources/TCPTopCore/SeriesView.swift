@@ -71,13 +71,8 @@ struct SeriesView {
 
     // MARK: Membership
 
-    /// Adds a new connection end (appended to the registry's entries).
-    mutating func addMember(labels: ConnectionLabels, now: Double) {
-        _ = prepare(CollectionOfOne(labels))
-        addPreparedMember(0, now: now)
-    }
-
-    /// Builds the label texts of a batch of new members and touches their
+    /// Builds the label texts of a batch of new members (connection ends
+    /// about to be appended to the registry's entries) and touches their
     /// index entries, so that their cache misses overlap; then
     /// `addPreparedMember` adds each in turn.
     mutating func prepare(_ batch: some Collection<ConnectionLabels>) -> Int32 {

@@ -136,3 +136,27 @@ import TCPTopCore
         #expect(wrong.isEmpty, "\(wrong.count) series differ, e.g. \(wrong.prefix(3).map { "\($0.key): \(values[$0.key].map(String.init) ?? "none") not \($0.value)" })")
     }
 }
+
+extension RegistryIndexTests {
+    /// Many ends vanish (the index fills with tombstones), then reads far
+    /// smaller than what the registry holds: the index is never sized below it.
+    @Test func smallReadsAfterMassClosesKeepEveryEnd() {
+        let registry = ConnectionRegistry(closedRetention: 1e9)
+        let keep = (1...3000 as ClosedRange<UInt64>).map { sample(cookie: $0, lport: UInt16($0), sent: $0, received: 0) }
+        var step = 0.0
+        for round in 0..<4 {
+            let churn = (0..<5000 as Range<UInt64>).map {
+                sample(cookie: 10_000 + UInt64(round) * 5000 + $0, lport: UInt16($0 % 60_000), raddr: "10.9.9.\(round)", sent: 1, received: 0)
+            }
+            registry.update(with: keep + churn, now: step)
+            step += 1
+            registry.update(with: keep, now: step)  // the churn vanishes: 5000 tombstones
+            step += 1
+        }
+        registry.update(with: Array(keep.prefix(10)) + Array(keep.suffix(2990)), now: step)
+        #expect(registry.liveEntries == 3000)
+        registry.update(with: Array(keep.prefix(5)), now: step + 1)
+        #expect(registry.liveEntries == 5)
+        #expect(renderedValues(registry)[#"tcptop_sent_bytes_total{pid="100",comm="curl",family="ipv4",laddr="10.0.0.1",lport="3",raddr="10.0.0.2",rport="443"}"#] == 3)
+    }
+}
