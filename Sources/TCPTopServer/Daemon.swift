@@ -195,7 +195,7 @@ public final class Daemon: Sendable {
     }
 
     private func setRoutes(telemetryPath: String, collector: MetricsCollector) {
-        let routes = exporterRouter(telemetryPath: telemetryPath, metrics: { collector.scrape() })
+        let routes = exporterRouter(telemetryPath: telemetryPath, collector: collector)
         router.withLock { $0 = routes }
     }
 
