@@ -205,7 +205,7 @@ private func parseUsers(_ section: Field) throws -> [String: String] {
 
 /// `fields(of:at:known:)`, after naming the keys exporter-toolkit has and we do not.
 private func webFields(of section: Field, known: [String], unsupported: [String: String]) throws -> [String: Field] {
-    for (name, field) in try pairs(section) {
+    for (name, field) in try section.node.mapping == nil ? [] : pairs(section) {
         if let what = unsupported[name] { throw field.error("not supported by tcptop-exporter (\(what))") }
     }
     return try fields(of: section.node, at: section.key, known: known)

@@ -124,11 +124,11 @@ struct FileIdentity: Equatable {
     }
 
     /// File times come from a coarse clock (a tick of up to 10 ms): within a
-    /// second of them, another write may not have moved them.
+    /// second of the last write, another one may not have moved mtime.
     var isRecent: Bool {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let nowNanoseconds = Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-        return nowNanoseconds - max(modified, changed) < 1_000_000_000
+        return nowNanoseconds - modified < 1_000_000_000
     }
 }

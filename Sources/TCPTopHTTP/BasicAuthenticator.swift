@@ -23,6 +23,8 @@ public final class BasicAuthenticator: Sendable {
     /// bcrypts computed so far (cache misses), for tests and figures.
     public var bcryptCount: Int { bcryptRuns.load(ordering: .relaxed) }
 
+    var cachedOutcomes: Int { cache.withLock { $0.count } }
+
     /// Whether `authorization` (the header's value) holds the user name and
     /// password of one of `users` (name → bcrypt hash). A user name that is
     /// not there is checked against a made-up hash of the same cost, so that
@@ -31,7 +33,7 @@ public final class BasicAuthenticator: Sendable {
         guard !users.isEmpty, let authorization, let (user, password) = Self.credentials(authorization) else { return false }
         // Names compare as bytes (a Swift String compares canonically equivalent ones equal).
         let known = users.first { $0.key.utf8.elementsEqual(user) }
-        let stored = known?.value ?? Self.decoyHash(cost: users.values.compactMap(Bcrypt.cost).max() ?? 10)
+        let stored = known?.value ?? Self.decoyHash(cost: users.values.lazy.compactMap(Bcrypt.cost).max() ?? 10)
         let key = cacheKey(user: user, password: password, stored: stored)
         if let outcome = cache.withLock({ $0.outcome(key) }) { return outcome && known != nil }
         let outcome = bcryptTurn.withLock { _ in
