@@ -62,10 +62,12 @@ public final class BasicAuthenticator: Sendable {
             hasher.combine(secret.0)
             hasher.combine(secret.1)
             hasher.combine(domain)
-            for part in [user, password, Array(stored.utf8)] {
+            for part in [user, password] {
                 hasher.combine(part.count)
                 part.withUnsafeBytes { hasher.combine(bytes: $0) }
             }
+            var stored = stored
+            stored.withUTF8 { hasher.combine($0.count); hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
             return UInt64(bitPattern: Int64(hasher.finalize()))
         }
         return CacheKey(high: run(1), low: run(2))
@@ -118,29 +120,28 @@ struct OutcomeCache {
 /// Standard base64 with padding (RFC 4648 §4), strictly: what `Basic` credentials use.
 enum Base64 {
     static func decode(_ text: String) -> [UInt8]? {
-        let bytes = Array(text.utf8)
+        let bytes = text.utf8
         guard bytes.count % 4 == 0 else { return nil }
         var output: [UInt8] = []
         output.reserveCapacity(bytes.count / 4 * 3)
-        var index = 0
-        while index < bytes.count {
-            let isLast = index + 4 == bytes.count
-            var values: [UInt8] = []
-            var padding = 0
-            for byte in bytes[index..<(index + 4)] {
-                if byte == UInt8(ascii: "=") {
-                    padding += 1
-                    continue
-                }
+        var word: UInt32 = 0, filled = 0, padding = 0
+        for byte in bytes {
+            if byte == UInt8(ascii: "=") {
+                padding += 1
+            } else {
+                // Nothing may follow padding.
                 guard padding == 0, let value = sextet(byte) else { return nil }
-                values.append(value)
+                word = word << 6 | UInt32(value)
             }
-            guard padding == 0 || (isLast && padding <= 2) else { return nil }
-            let word = values.enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (18 - 6 * $1.offset) }
+            filled += 1
+            guard filled == 4 else { continue }
+            // Padding only ends the text, one or two characters of it.
+            guard padding <= 2 else { return nil }
+            word <<= 6 * UInt32(padding)
             output.append(UInt8(word >> 16))
-            if values.count > 2 { output.append(UInt8((word >> 8) & 0xFF)) }
-            if values.count > 3 { output.append(UInt8(word & 0xFF)) }
-            index += 4
+            if padding < 2 { output.append(UInt8((word >> 8) & 0xFF)) }
+            if padding < 1 { output.append(UInt8(word & 0xFF)) }
+            (word, filled) = (0, 0)
         }
         return output
     }
