@@ -69,6 +69,7 @@ install: release
 	install -D -m 0644 Config/tcptop-exporter.yml $(DESTDIR)/etc/tcptop-exporter/tcptop-exporter.yml
 	install -D -m 0644 systemd/tcptop-exporter.service $(DESTDIR)/etc/systemd/system/tcptop-exporter.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcptop-exporter/README.md
+	install -D -m 0644 Config/web-config.yml $(DESTDIR)$(PREFIX)/share/doc/tcptop-exporter/web-config.yml
 
 clean:
 	rm -rf .build .build-fuzz
