@@ -34,9 +34,11 @@ run: release
 # QEMU guests with Debian 12's userland on three kernels, one after the other:
 # Debian 12's 6.1 (the fallback hooks), Debian 13's 6.12 (the tracepoints),
 # Debian 11's 5.10 (the oldest). One guest alone: Tests/guest/run.sh 6.12
-# Between them, the fuzzers, FUZZ_SECONDS each (see `make fuzz`).
+# Between them, the daemon under ThreadSanitizer with reloads racing scrapes
+# (Tests/tools/race-test.sh), and the fuzzers, FUZZ_SECONDS each (`make fuzz`).
 test: build
 	$(SWIFT) test
+	Tests/tools/race-test.sh
 	$(MAKE) fuzz
 	Tests/system/container-test.sh
 	Tests/guest/run.sh

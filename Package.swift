@@ -51,16 +51,16 @@ let package = Package(
         ),
         .executableTarget(
             name: "tcptop",
-            dependencies: ["TCPTopCore", "TCPTopBPF", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // `make bench`: the figures of README's performance table.
         .executableTarget(
             name: "tcptop-bench",
-            dependencies: ["TCPTopCore", "TCPTopBPF", "CTCPTop"]
+            dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP", "CTCPTop"]
         ),
         .testTarget(name: "TCPTopCoreTests", dependencies: ["TCPTopCore"]),
         .testTarget(name: "TCPTopHTTPTests", dependencies: ["TCPTopHTTP", "CTCPTop"]),
         .testTarget(name: "TCPTopServerTests", dependencies: ["TCPTopServer"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP"]),
     ]
 )

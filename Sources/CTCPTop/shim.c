@@ -1,9 +1,13 @@
+#define _GNU_SOURCE /* accept4 */
 #include "CTCPTop.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <errno.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -85,3 +89,35 @@ int tcptop_cap_last(void)
 		last--;
 	return last;
 }
+
+_Static_assert(TCPTOP_EPOLLIN == EPOLLIN && TCPTOP_EPOLLOUT == EPOLLOUT && TCPTOP_EPOLLERR == EPOLLERR
+	       && TCPTOP_EPOLLHUP == EPOLLHUP && TCPTOP_EPOLLRDHUP == EPOLLRDHUP, "epoll event bits");
+
+int tcptop_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+static int epoll_control(int epfd, int op, int fd, uint32_t events)
+{
+	struct epoll_event event = { .events = events, .data.fd = fd };
+	return epoll_ctl(epfd, op, fd, &event);
+}
+
+int tcptop_epoll_add(int epfd, int fd, uint32_t events) { return epoll_control(epfd, EPOLL_CTL_ADD, fd, events); }
+int tcptop_epoll_modify(int epfd, int fd, uint32_t events) { return epoll_control(epfd, EPOLL_CTL_MOD, fd, events); }
+int tcptop_epoll_remove(int epfd, int fd) { return epoll_control(epfd, EPOLL_CTL_DEL, fd, 0); }
+
+int tcptop_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms)
+{
+	struct epoll_event ready[256];
+	if (max > 256)
+		max = 256;
+	int count = epoll_wait(epfd, ready, max, timeout_ms);
+	for (int i = 0; i < count; i++) {
+		fds[i] = ready[i].data.fd;
+		events[i] = ready[i].events;
+	}
+	return count;
+}
+
+int tcptop_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+int tcptop_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

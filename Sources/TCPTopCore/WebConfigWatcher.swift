@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 import TCPTopHTTP
 
 /// The web config file, followed as exporter-toolkit follows it (it re-reads
@@ -19,9 +18,9 @@ public final class WebConfigWatcher: Sendable {
     public let path: String
     private let accept: @Sendable (WebConfigFile) throws -> Void
     private let report: @Sendable (Event) -> Void
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
-    private struct State {
+    private struct State: Sendable {
         var settings: HTTPSecuritySettings
         var identity: FileIdentity?
         var bytes: [UInt8]?
@@ -54,7 +53,7 @@ public final class WebConfigWatcher: Sendable {
             first.identity = seen
             first.recent = seen.isRecent
         }
-        state = Mutex(first)
+        state = Locked(first)
         report(.loaded(file))
     }
 
@@ -108,7 +107,7 @@ public final class WebConfigWatcher: Sendable {
 }
 
 /// What stat(2) says of a file that changes when it is written or replaced.
-struct FileIdentity: Equatable {
+struct FileIdentity: Equatable, Sendable {
     var device: UInt64
     var inode: UInt64
     var size: Int64

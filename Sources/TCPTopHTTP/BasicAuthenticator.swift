@@ -8,14 +8,14 @@ public final class BasicAuthenticator: Sendable {
     /// Entries kept (about 40 bytes each); past it the older half goes.
     public static let defaultCapacity = 4096
 
-    private let cache: Mutex<OutcomeCache>
-    private let bcryptTurn = Mutex(())
+    private let cache: Locked<OutcomeCache>
+    private let bcryptTurn = Locked(())
     private let bcryptRuns = Atomic<Int>(0)
     /// Mixed into every cache key: the keys say nothing outside this process.
     private let secret: (UInt64, UInt64)
 
     public init(capacity: Int = BasicAuthenticator.defaultCapacity) {
-        cache = Mutex(OutcomeCache(capacity: max(2, capacity)))
+        cache = Locked(OutcomeCache(capacity: max(2, capacity)))
         var random = SystemRandomNumberGenerator()
         secret = (random.next(), random.next())
     }
@@ -84,7 +84,7 @@ public final class BasicAuthenticator: Sendable {
     }
 }
 
-struct CacheKey: Hashable {
+struct CacheKey: Hashable, Sendable {
     var high: UInt64
     var low: UInt64
 }
@@ -92,7 +92,7 @@ struct CacheKey: Hashable {
 /// Two generations: new outcomes go to `current`; when it holds half the
 /// capacity it becomes `previous` and the older one is dropped. A hit in
 /// `previous` moves back to `current`, so credentials in use stay.
-struct OutcomeCache {
+struct OutcomeCache: Sendable {
     let capacity: Int
     private var current: [CacheKey: Bool] = [:]
     private var previous: [CacheKey: Bool] = [:]

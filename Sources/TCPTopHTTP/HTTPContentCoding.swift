@@ -55,3 +55,57 @@ public enum HTTPContentCoding {
         return output
     }
 }
+
+/// gzip as a stream: pieces in, compressed pieces out, so a body is never
+/// held whole (neither its text nor its compressed form).
+final class HTTPGzipStream {
+    struct Failure: Error, CustomStringConvertible {
+        var status: Int32
+        var description: String { "gzip: zlib status \(status)" }
+    }
+
+    // Heap-allocated: zlib keeps a pointer back to the stream and checks it on every call.
+    private let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+    private var output = [UInt8](repeating: 0, count: 32 * 1024)
+
+    init?(level: Int32) {
+        stream.initialize(to: z_stream())
+        guard tcptop_deflate_init_gzip(stream, level) == Z_OK else {
+            stream.deallocate()
+            return nil
+        }
+    }
+
+    deinit {
+        deflateEnd(stream)
+        stream.deallocate()
+    }
+
+    /// Compresses `input` (with `finish`, also what zlib still holds, and
+    /// the trailer) and hands each piece of output to `emit` as it is made.
+    func compress(_ input: ArraySlice<UInt8>, finish: Bool, emit: (ArraySlice<UInt8>) throws -> Void) throws {
+        var rest = input
+        repeat {
+            // avail_in is 32 bits: feed at most 1 MiB a call.
+            let part = rest.prefix(1 << 20)
+            rest = rest.dropFirst(part.count)
+            let flush = finish && rest.isEmpty ? Z_FINISH : Z_NO_FLUSH
+            try part.withUnsafeBufferPointer { inputBuffer in
+                stream.pointee.next_in = UnsafeMutablePointer(mutating: inputBuffer.baseAddress)
+                stream.pointee.avail_in = uInt(inputBuffer.count)
+                while true {
+                    let status = output.withUnsafeMutableBufferPointer { outputBuffer in
+                        stream.pointee.next_out = outputBuffer.baseAddress
+                        stream.pointee.avail_out = uInt(outputBuffer.count)
+                        return deflate(stream, flush)
+                    }
+                    guard status == Z_OK || status == Z_STREAM_END || status == Z_BUF_ERROR else { throw Failure(status: status) }
+                    let made = output.count - Int(stream.pointee.avail_out)
+                    if made > 0 { try emit(output[..<made]) }
+                    // Done when zlib took all the input and had room to spare (or wrote the trailer).
+                    if flush == Z_FINISH ? status == Z_STREAM_END : stream.pointee.avail_out > 0 { break }
+                }
+            }
+        } while !rest.isEmpty
+    }
+}

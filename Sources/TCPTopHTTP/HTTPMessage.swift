@@ -107,17 +107,41 @@ public struct HTTPRequest: Sendable, Equatable {
     }
 }
 
-public struct HTTPResponse: Sendable, Equatable {
-    public var status: Int
-    /// The server sets `Content-Length`, `Connection`, `Date`, and for gzip
-    /// `Content-Encoding` and `Vary` itself; values given here for those are replaced.
-    public var headers: HTTPHeaders
-    public var body: [UInt8]
+/// Called with each piece of a streamed body, in order; throws when the client is gone or too slow, and the producer then stops (rethrows).
+public typealias HTTPBodySink = (ArraySlice<UInt8>) throws -> Void
+/// Writes a body piece by piece into the sink, on the thread that answers
+/// the request (within the concurrency limit). Never called for HEAD.
+public typealias HTTPBodyProducer = @Sendable (_ sink: HTTPBodySink) throws -> Void
 
-    public init(status: Int, headers: HTTPHeaders = [:], body: [UInt8] = []) {
+/// A body known whole, or one written as it is produced (then framed with
+/// chunked encoding on a kept-alive connection, or ended by the close).
+public enum HTTPBody: Sendable {
+    case bytes([UInt8])
+    case stream(HTTPBodyProducer)
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    /// The server sets `Content-Length`, `Transfer-Encoding`, `Connection`,
+    /// `Date`, and for gzip `Content-Encoding` and `Vary` itself; values
+    /// given here for those are replaced.
+    public var headers: HTTPHeaders
+    public var body: HTTPBody
+
+    public init(status: Int, headers: HTTPHeaders = [:], body: HTTPBody) {
         self.status = status
         self.headers = headers
         self.body = body
+    }
+
+    public init(status: Int, headers: HTTPHeaders = [:], body: [UInt8] = []) {
+        self.init(status: status, headers: headers, body: .bytes(body))
+    }
+
+    /// A streamed response: `producer` writes the body when (and only if) it is sent.
+    public static func stream(_ status: Int = 200, headers: HTTPHeaders = [:],
+                              _ producer: @escaping HTTPBodyProducer) -> HTTPResponse {
+        HTTPResponse(status: status, headers: headers, body: .stream(producer))
     }
 
     /// A `text/plain` response, the usual shape of errors.

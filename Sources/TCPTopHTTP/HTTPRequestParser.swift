@@ -33,6 +33,7 @@ public enum HTTPRequestParser {
         }
         // Leading empty lines count toward the limit, so they cannot grow the buffer forever.
         guard let headEnd else {
+            try refuseEarly(head)
             if bytes.count > maxHeadSize {
                 let inRequestLine = !head.isEmpty && firstIndex(of: crlf, in: head) == nil
                 throw inRequestLine ? .requestLineTooLong : .headTooLarge
@@ -50,6 +51,69 @@ public enum HTTPRequestParser {
         }
         try checkFraming(&request)
         return .complete(request, headLength: headEnd + 4 - bytes.startIndex)
+    }
+
+    /// Refuses, before a head is complete, what can never become valid, so
+    /// that a TLS ClientHello or other binary gets 400 at once rather than
+    /// at the head timeout: a method byte that is no token byte, a control
+    /// byte anywhere (but tab in a field and CR before LF), a request line
+    /// not of the form `token SP target SP HTTP/d.d`, a folded field line.
+    /// Errors are those the whole head would get; a version of another major
+    /// number (505) waits for the whole head.
+    private static func refuseEarly(_ head: ArraySlice<UInt8>) throws(HTTPRequestError) {
+        var index = head.startIndex
+        var part = 0, partLength = 0  // 0 method, 1 target, 2 version
+        requestLine: while index < head.endIndex {
+            let byte = head[index]
+            index += 1
+            switch byte {
+            case cr:
+                // A lone CR first may yet be the start of an empty line (§2.2).
+                if part == 0, partLength == 0, index == head.endIndex { return }
+                guard part == 2, partLength == 8 else { throw .malformedRequestLine }
+                if index < head.endIndex, head[index] != lf { throw .malformedRequestLine }
+                index += 1
+                break requestLine
+            case space:
+                guard part < 2, partLength > 0 else { throw .malformedRequestLine }
+                part += 1
+                partLength = 0
+            default:
+                let fits = switch part {
+                case 0: isTokenByte(byte)
+                case 1: byte > 0x20 && byte < 0x7F
+                default: versionByteFits(byte, at: partLength)
+                }
+                guard fits else { throw .malformedRequestLine }
+                partLength += 1
+            }
+        }
+        var lineStart = true
+        while index < head.endIndex {
+            let byte = head[index]
+            index += 1
+            if lineStart, byte == space || byte == tab { throw .obsoleteLineFolding }
+            lineStart = false
+            if byte == cr {
+                if index < head.endIndex {
+                    guard head[index] == lf else { throw .malformedHeader }
+                    index += 1
+                    lineStart = true
+                }
+            } else if (byte < 0x20 && byte != tab) || byte == 0x7F {
+                throw .malformedHeader
+            }
+        }
+    }
+
+    /// Whether `byte` may stand at `position` of `HTTP/d.d`.
+    private static func versionByteFits(_ byte: UInt8, at position: Int) -> Bool {
+        switch position {
+        case 0..<5: byte == httpSlash[position]
+        case 5, 7: digitValue(byte) != nil
+        case 6: byte == UInt8(ascii: ".")
+        default: false
+        }
     }
 
     private static func parseRequestLine(_ line: ArraySlice<UInt8>) throws(HTTPRequestError) -> HTTPRequest {
@@ -102,6 +166,7 @@ public enum HTTPRequestParser {
     private static let space = UInt8(ascii: " "), tab = UInt8(ascii: "\t")
     private static let crlf: [UInt8] = [cr, lf]
     private static let crlfcrlf: [UInt8] = [cr, lf, cr, lf]
+    private static let httpSlash = Array("HTTP/".utf8)
 
     /// tchar from RFC 9110 §5.6.2.
     private static func isTokenByte(_ byte: UInt8) -> Bool {

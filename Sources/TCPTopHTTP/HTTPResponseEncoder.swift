@@ -5,30 +5,61 @@ import Glibc
 struct HTTPResponseEncoder {
     var gzipLevel: Int32
 
-    /// The head and the body to send. For HEAD the body is empty but the head
-    /// carries the length a GET would have had (RFC 9110 §9.3.2).
-    func encode(_ response: HTTPResponse, for request: HTTPRequest?, keepAlive: Bool) -> (head: [UInt8], body: [UInt8]) {
-        var headers = response.headers.filter { isSafe($0.name) && isSafe($0.value) }
-        for managed in ["Content-Length", "Transfer-Encoding", "Connection", "Date"] { headers.remove(name: managed) }
-        var body = response.body
+    /// How a streamed body is delimited.
+    enum Framing { case contentLength(Int), chunked, close }
 
-        let handlerEncoded = headers["Content-Encoding"] != nil
-        if !body.isEmpty, !handlerEncoded {
-            // The body depends on Accept-Encoding whether or not this client asked for gzip.
-            headers.add(name: "Vary", value: "Accept-Encoding")
-            if request?.acceptsGzip == true, let compressed = HTTPContentCoding.gzip(body, level: gzipLevel) {
-                headers.add(name: "Content-Encoding", value: "gzip")
-                body = compressed
-            }
+    /// The head and the body to send for a body known whole. For HEAD the
+    /// body is empty but the head carries the length a GET would have had
+    /// (RFC 9110 §9.3.2). A streamed body gets an empty body here: see `streamHead`.
+    func encode(_ response: HTTPResponse, for request: HTTPRequest?, keepAlive: Bool) -> (head: [UInt8], body: [UInt8]) {
+        var headers = managedHeadersRemoved(response.headers)
+        var body: [UInt8] = []
+        if case .bytes(let bytes) = response.body { body = bytes }
+        if !body.isEmpty, negotiateGzip(&headers, for: request), let compressed = HTTPContentCoding.gzip(body, level: gzipLevel) {
+            headers.add(name: "Content-Encoding", value: "gzip")
+            body = compressed
         }
-        headers.add(name: "Content-Length", value: String(body.count))
+        let head = self.head(response.status, headers, framing: .contentLength(body.count), keepAlive: keepAlive)
+        return (head, request?.method == "HEAD" ? [] : body)
+    }
+
+    /// The head of a streamed response (`framing` is `.chunked` or `.close`),
+    /// and whether the body is to be gzipped.
+    func streamHead(_ response: HTTPResponse, for request: HTTPRequest, framing: Framing, keepAlive: Bool) -> (head: [UInt8], gzip: Bool) {
+        var headers = managedHeadersRemoved(response.headers)
+        let gzip = negotiateGzip(&headers, for: request)
+        if gzip { headers.add(name: "Content-Encoding", value: "gzip") }
+        return (head(response.status, headers, framing: framing, keepAlive: keepAlive), gzip)
+    }
+
+    private func managedHeadersRemoved(_ given: HTTPHeaders) -> HTTPHeaders {
+        var headers = given.filter { isSafe($0.name) && isSafe($0.value) }
+        for managed in ["Content-Length", "Transfer-Encoding", "Connection", "Date"] { headers.remove(name: managed) }
+        return headers
+    }
+
+    /// True when the body is to be gzipped: the client takes it and the
+    /// handler did not encode the body itself. Adds `Vary` either way, as the
+    /// body depends on Accept-Encoding whether or not this client asked for gzip.
+    private func negotiateGzip(_ headers: inout HTTPHeaders, for request: HTTPRequest?) -> Bool {
+        guard headers["Content-Encoding"] == nil else { return false }
+        headers.add(name: "Vary", value: "Accept-Encoding")
+        return request?.acceptsGzip == true
+    }
+
+    private func head(_ status: Int, _ given: HTTPHeaders, framing: Framing, keepAlive: Bool) -> [UInt8] {
+        var headers = given
+        switch framing {
+        case .contentLength(let length): headers.add(name: "Content-Length", value: String(length))
+        case .chunked: headers.add(name: "Transfer-Encoding", value: "chunked")
+        case .close: break
+        }
         headers.add(name: "Date", value: Self.httpDate())
         if !keepAlive { headers.add(name: "Connection", value: "close") }
-
-        var head = "HTTP/1.1 \(response.status) \(Self.reasonPhrase(response.status))\r\n"
+        var head = "HTTP/1.1 \(status) \(Self.reasonPhrase(status))\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
-        return (Array(head.utf8), request?.method == "HEAD" ? [] : body)
+        return Array(head.utf8)
     }
 
     /// A CR or LF from a handler would let it split the response; such a field is dropped.

@@ -1,3 +1,4 @@
+import CTCPTop
 import Glibc
 import Logging
 import Synchronization
@@ -6,52 +7,69 @@ import Synchronization
 /// `stop` ends. Binding is separate so a daemon can bind every address,
 /// report readiness, and only then serve.
 ///
-/// Concurrency: one thread per listener blocks in poll()+accept(), and one
-/// thread per connection runs blocking-style I/O with poll() deadlines. The
-/// handler is synchronous and may take a while (a scrape reads the kernel's
-/// maps); with a thread per connection a slow handler or a slow client only
-/// ever holds its own thread. Exporters see a handful of connections, and
-/// `maxConnections` bounds the threads, so the simplicity is affordable.
+/// Concurrency: one event-loop thread (epoll, non-blocking sockets) accepts
+/// on every listener, reads and parses request heads, and keeps the time
+/// limits, for all connections: an idle or slow client costs a small record,
+/// not a thread. A complete request goes to one of `maxConcurrentRequests`
+/// worker threads, which runs the handler (it is synchronous and may take a
+/// while: a scrape reads the kernel's maps) and writes the whole response,
+/// then hands the connection back to the loop. The limit therefore covers
+/// the whole response, gzip and write included.
 public final class HTTPServer: Sendable {
     public struct Configuration: Sendable {
-        /// Time to receive a whole request head (and a small body) once it starts.
+        /// Time to receive a whole request head (and a small body), from its
+        /// first byte; a new connection that sends nothing is closed after it too.
         public var headReadTimeout: Duration = .seconds(10)
         /// Time a kept-alive connection may wait for its next request.
         public var idleTimeout: Duration = .seconds(60)
         /// Time to write one response.
         public var writeTimeout: Duration = .seconds(30)
-        /// Handler calls running at once; past it, 503 (like `--web.max-requests`).
+        /// Responses being produced and written at once; past it, 503 (like `--web.max-requests`).
         public var maxConcurrentRequests = 40
-        /// Open connections (threads); past it, a best-effort 503 and close.
-        public var maxConnections = 128
+        /// Open connections. At the limit a new one first makes room: the
+        /// oldest idle kept-alive connection is closed, else the oldest that
+        /// has not sent a whole request head; if every one is being answered,
+        /// the newcomer gets a best-effort 503. Each takes a descriptor: the
+        /// process's RLIMIT_NOFILE must allow for it.
+        public var maxConnections = 16384
         public var maxHeadSize = HTTPRequestParser.defaultMaxHeadSize
         /// Bodies up to this size are read and dropped; larger ones get 413.
         public var maxDiscardedBodySize = 64 * 1024
         /// 1: the cheapest level for the host being monitored; metric text still shrinks about tenfold.
         public var gzipLevel: Int32 = 1
-        public var listenBacklog: Int32 = 128
+        /// The kernel caps it at net.core.somaxconn (4096 by default).
+        public var listenBacklog: Int32 = 4096
 
         public init() {}
     }
 
     /// The addresses actually bound, with real ports (useful with port 0).
     public let boundAddresses: [ListenAddress]
-    private let configuration: Configuration
-    private let logger: Logger
-    private let listenerFDs: [Int32]
+    let configuration: Configuration
+    let logger: Logger
+    let listenerFDs: [Int32]
     /// The listeners of each address asked for, to hand to a successor.
     private let listenersByAddress: [ListenAddress: [HTTPListener]]
-    /// Written once on stop; its read end stays readable and wakes every poll that watches it.
-    private let stopPipe: (read: Int32, write: Int32)
-    private let state = Mutex(State())
+    let epollFD: Int32
+    /// An eventfd: written to wake the loop (a connection handed back, stop).
+    let wakeFD: Int32
+    let jobs = HTTPJobQueue()
+    /// Open connections, as the loop last counted them (for tests and status).
+    public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
+    let openConnections = Atomic<Int>(0)
+    /// Requests handed to workers and not yet handed back, likewise.
+    var requestsInFlight: Int { requestsBeingAnswered.load(ordering: .relaxed) }
+    let requestsBeingAnswered = Atomic<Int>(0)
+    private let state = Locked(State())
 
     private struct State {
         var started = false
         var stopping = false
+        var gracePeriod: Duration = .zero
         var listenersClosed = false
-        var runningAcceptLoops = 0
-        var connections: Set<Int32> = []
-        var activeRequests = 0
+        /// The loop thread runs; once false, workers close connections themselves.
+        var loopRunning = false
+        var finished: [HTTPFinished] = []
     }
 
     /// Binds and listens on every address; throws the first failure as one line,
@@ -79,154 +97,104 @@ public final class HTTPServer: Sendable {
             for listener in listeners { close(listener.fd) }
             throw error
         }
-        // A socket pair, not pipe2(), which Swift's Glibc module does not export.
-        var pipeFDs: [Int32] = [-1, -1]
-        let pairType = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        guard socketpair(AF_UNIX, pairType, 0, &pipeFDs) == 0 else {
+        let epollFD = tcptop_epoll_create()
+        let wakeFD = epollFD >= 0 ? tcptop_eventfd() : -1
+        guard epollFD >= 0, wakeFD >= 0 else {
             let reason = String(cString: strerror(errno))
+            if epollFD >= 0 { close(epollFD) }
             for listener in listeners { close(listener.fd) }
-            throw HTTPBindError(address: "(stop pipe)", reason: reason)
+            throw HTTPBindError(address: "(event loop)", reason: reason)
         }
         self.boundAddresses = listeners.map(\.address)
         self.listenerFDs = listeners.map(\.fd)
         self.listenersByAddress = byAddress
-        self.stopPipe = (pipeFDs[0], pipeFDs[1])
+        self.epollFD = epollFD
+        self.wakeFD = wakeFD
         self.configuration = configuration
         self.logger = logger
     }
 
     deinit {
         closeListeners()
-        close(stopPipe.read)
-        close(stopPipe.write)
+        close(epollFD)
+        close(wakeFD)
     }
 
     /// Starts serving on background threads and returns at once. Call once.
     public func start(handler: @escaping HTTPHandler) {
-        let (alreadyStarted, loops) = state.withLock { state -> (Bool, Int) in
+        let first = state.withLock { state -> Bool in
             defer { state.started = true }
-            if state.started || state.stopping { return (true, 0) }
-            state.runningAcceptLoops = listenerFDs.count
-            return (false, listenerFDs.count)
+            if state.started || state.stopping { return false }
+            state.loopRunning = true
+            return true
         }
-        guard !alreadyStarted else { return }
-        for index in 0..<loops {
-            let listenerFD = listenerFDs[index]
-            if !startHTTPThread({ self.acceptLoop(listenerFD: listenerFD, handler: handler) }) {
-                logger.error("cannot start a thread to listen on \(boundAddresses[index])")
-                state.withLock { $0.runningAcceptLoops -= 1 }
-            }
+        guard first else { return }
+        let started = startHTTPThread { HTTPEventLoop(server: self, handler: handler).run() }
+        if !started {
+            logger.error("cannot start the HTTP event loop thread; not serving")
+            state.withLock { $0.loopRunning = false }
         }
     }
 
-    /// Stops accepting, closes the listeners, lets requests in flight finish
+    /// Stops accepting, closes the listeners, lets responses in flight finish
     /// for up to `gracePeriod`, then cuts the connections that remain.
     /// Returns when all is closed (or shortly after the grace period).
     public func stop(gracePeriod: Duration = .seconds(5)) {
-        let first = state.withLock { state in
+        let (first, running) = state.withLock { state in
             defer { state.stopping = true }
-            return !state.stopping
+            state.gracePeriod = gracePeriod
+            return (!state.stopping, state.loopRunning)
         }
         guard first else { return }
-        var byte: UInt8 = 1
-        _ = write(stopPipe.write, &byte, 1)
-
-        let deadline = ContinuousClock.now + gracePeriod
-        waitUntil(deadline) { $0.runningAcceptLoops == 0 }
-        closeListeners()
-        waitUntil(deadline) { $0.connections.isEmpty }
-        // shutdown() under the lock: a connection closes its fd under the same
-        // lock, so this never touches a reused descriptor.
-        state.withLock { state in
-            for fd in state.connections { shutdown(fd, Int32(SHUT_RDWR)) }
+        if running {
+            wake()
+            let deadline = ContinuousClock.now + gracePeriod + .seconds(2)
+            while state.withLock({ $0.loopRunning }), ContinuousClock.now < deadline {
+                usleep(2_000)
+            }
         }
-        waitUntil(.now + .seconds(1)) { $0.connections.isEmpty }
+        closeListeners()
     }
 
     var isStopping: Bool { state.withLock { $0.stopping } }
+    var gracePeriod: Duration { state.withLock { $0.gracePeriod } }
 
-    /// Runs `body` unless `maxConcurrentRequests` are already running (then nil).
-    func admit(_ body: () -> HTTPResponse) -> HTTPResponse? {
-        let admitted = state.withLock { state in
-            guard state.activeRequests < configuration.maxConcurrentRequests else { return false }
-            state.activeRequests += 1
-            return true
-        }
-        guard admitted else { return nil }
-        defer { state.withLock { $0.activeRequests -= 1 } }
-        return body()
+    func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
     }
 
-    // MARK: accepting
-
-    private func acceptLoop(listenerFD: Int32, handler: @escaping HTTPHandler) {
-        defer { state.withLock { $0.runningAcceptLoops -= 1 } }
-        var fds = [pollfd(fd: listenerFD, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: stopPipe.read, events: Int16(POLLIN), revents: 0)]
-        while true {
-            if poll(&fds, 2, -1) < 0 {
-                if errno == EINTR { continue }
-                logger.error("poll on listener: \(String(cString: strerror(errno)))")
-                return
-            }
-            if fds[1].revents != 0 { return }
-            let fd = accept(listenerFD, nil, nil)
-            guard fd >= 0 else {
-                handleAcceptError(errno)
-                continue
-            }
-            // accept4() is not exported to Swift; set the flags right after.
-            // The daemon never forks, so the gap cannot leak the descriptor.
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            let admitted = state.withLock { state in
-                guard state.connections.count < configuration.maxConnections, !state.stopping else { return false }
-                state.connections.insert(fd)
-                return true
-            }
-            guard admitted else {
-                rejectBusy(fd)
-                continue
-            }
-            let started = startHTTPThread {
-                let socket = HTTPSocket(fd: fd, stopFD: self.stopPipe.read)
-                HTTPConnection(socket: socket, configuration: self.configuration, server: self, handler: handler).run()
-                self.closeConnection(fd)
-            }
-            if !started {
-                logger.warning("cannot start a connection thread; dropping the connection")
-                closeConnection(fd)
-            }
+    /// A worker hands a connection back. Once the loop is gone the worker
+    /// closes it itself (the loop never closes a connection a worker holds).
+    func finished(_ connection: HTTPFinished) {
+        let queued = state.withLock { state in
+            if state.loopRunning { state.finished.append(connection) }
+            return state.loopRunning
+        }
+        if queued {
+            wake()
+        } else if case .abort = connection.outcome {
+            abortConnection(connection.fd)
+        } else {
+            close(connection.fd)
         }
     }
 
-    private func handleAcceptError(_ code: Int32) {
-        switch code {
-        case EAGAIN, EWOULDBLOCK, EINTR, ECONNABORTED, EPROTO:
-            return  // The client left before we took it, or nothing to take.
-        case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-            // Out of descriptors or memory: pause instead of spinning on poll.
-            logger.warning("accept: \(String(cString: strerror(code))); pausing 100 ms")
-            usleep(100_000)
-        default:
-            logger.error("accept: \(String(cString: strerror(code)))")
-            usleep(10_000)
-        }
-    }
-
-    /// Past `maxConnections` there is no thread to spare: answer 503 with one
-    /// non-blocking send and close. Best effort; the client may see a reset.
-    private func rejectBusy(_ fd: Int32) {
-        let response = Array("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
-        _ = response.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        shutdown(fd, Int32(SHUT_WR))
-        close(fd)
-    }
-
-    private func closeConnection(_ fd: Int32) {
+    /// For the loop: the connections handed back since the last call.
+    func takeFinished() -> [HTTPFinished] {
         state.withLock { state in
-            state.connections.remove(fd)
-            close(fd)
+            defer { state.finished = [] }
+            return state.finished
+        }
+    }
+
+    /// For the loop, as it ends: from now on workers close their connections;
+    /// returns those handed back meanwhile.
+    func loopEnded() -> [HTTPFinished] {
+        state.withLock { state in
+            state.loopRunning = false
+            defer { state.finished = [] }
+            return state.finished
         }
     }
 
@@ -250,17 +218,11 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    private func closeListeners() {
+    func closeListeners() {
         let shouldClose = state.withLock { state in
             defer { state.listenersClosed = true }
             return !state.listenersClosed
         }
         if shouldClose { listenerFDs.forEach { _ = close($0) } }
-    }
-
-    private func waitUntil(_ deadline: ContinuousClock.Instant, _ condition: (State) -> Bool) {
-        while !state.withLock({ condition($0) }), ContinuousClock.now < deadline {
-            usleep(5_000)
-        }
     }
 }

@@ -2,7 +2,6 @@ import TCPTopHTTP
 import Dispatch
 import Foundation
 import Logging
-import Synchronization
 import TCPTopBPF
 import TCPTopCore
 
@@ -37,11 +36,11 @@ public final class Daemon: Sendable {
     /// What a reload changes while HTTP threads, timers and `run()` read it.
     /// Written only on `queue` (and by `run()` before the first timer or
     /// signal source exists); read anywhere, under the lock.
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// Read by every request; replaced by a reload of the telemetry path.
-    private let router = Mutex(HTTPRouter())
+    private let router = Locked(HTTPRouter())
     /// The web config file in force (nil: none); replaced when a reload names another.
-    private let webConfig: Mutex<WebConfigWatcher?>
+    private let webConfig: Locked<WebConfigWatcher?>
     /// Outlives web config changes: its keys include the stored hash.
     private let authenticator = BasicAuthenticator()
 
@@ -60,11 +59,11 @@ public final class Daemon: Sendable {
     public init(options: Options) throws {
         self.options = options
         let config = try Self.loadConfig(options)
-        state = Mutex(State(config: config))
+        state = Locked(State(config: config))
         logSettings = LogSettings(level: config.log.level, format: config.log.format)
         let settings = logSettings
         log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
-        webConfig = Mutex(try config.web.configFile.map { [log] in try Self.watchWebConfig(path: $0, log: log) })
+        webConfig = Locked(try config.web.configFile.map { [log] in try Self.watchWebConfig(path: $0, log: log) })
     }
 
     /// Follows the web config file at `path`; a bad one throws one line.
@@ -379,7 +378,9 @@ public final class Daemon: Sendable {
                 replacement = bound
             } catch {
                 log.error("reload: \(Self.explained(error)); the previous listeners keep serving")
+                let followed = new.web.configFile  // the web config file is followed apart from the listeners
                 new.web = config.web
+                new.web.configFile = followed
                 bindFailed = true
             }
         }

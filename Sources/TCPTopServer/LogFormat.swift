@@ -1,14 +1,14 @@
+import TCPTopHTTP
 import Foundation
 import Logging
-import Synchronization
 import TCPTopCore
 
 /// Level and format, shared by every logger so that a reload changes them at once.
 public final class LogSettings: Sendable {
-    private let current: Mutex<(level: Logger.Level, format: LogFormat)>
+    private let current: Locked<(level: Logger.Level, format: LogFormat)>
 
     public init(level: LogLevel, format: LogFormat) {
-        current = Mutex((Self.swiftLogLevel(level), format))
+        current = Locked((Self.swiftLogLevel(level), format))
     }
 
     public func set(level: LogLevel, format: LogFormat) {

@@ -11,7 +11,17 @@ func exporterRouter(telemetryPath: String, metrics: @escaping @Sendable () -> [U
                      body: Array(landingPage(telemetryPath: telemetryPath).utf8))
     }
     router.get(telemetryPath) { _ in
-        HTTPResponse(status: 200, headers: ["Content-Type": ExpositionWriter.contentType], body: metrics())
+        // Streamed: produced only when a body is sent (HEAD reads no kernel map),
+        // and written within the server's concurrency limit.
+        .stream(headers: ["Content-Type": ExpositionWriter.contentType]) { sink in
+            let text = metrics()
+            var offset = 0
+            while offset < text.count {
+                let end = min(offset + 64 * 1024, text.count)
+                try sink(text[offset..<end])
+                offset = end
+            }
+        }
     }
     return router
 }

@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 
-/// IPv4 loopback TCP sockets, blocking, and a minimal HTTP GET.
+/// IPv4 loopback TCP sockets, blocking.
 enum Loopback {
     /// A listener on 127.0.0.1 with a kernel-chosen port.
     static func listen(backlog: Int32 = 4096) throws -> (fd: Int32, port: UInt16) {
@@ -102,31 +102,6 @@ enum Loopback {
         address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
         return address
     }
-}
-
-/// GET over a fresh connection (Connection: close); returns the body.
-func httpGet(port: UInt16, path: String) throws -> [UInt8] {
-    let fd = try Loopback.connect(port: port)
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 60, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
-    try request.withUnsafeBytes { try Loopback.sendAll(fd, $0) }
-    var reply: [UInt8] = []
-    reply.reserveCapacity(1 << 20)
-    var buffer = [UInt8](repeating: 0, count: 1 << 18)
-    while true {
-        let count = recv(fd, &buffer, buffer.count, 0)
-        if count < 0 { throw BenchError("reading the reply to GET \(path): \(errnoText())") }
-        if count == 0 { break }
-        reply.append(contentsOf: buffer[0..<count])
-    }
-    guard let split = reply.firstRange(of: Array("\r\n\r\n".utf8)) else { throw BenchError("GET \(path): no HTTP head") }
-    let statusLine = String(decoding: reply[..<split.lowerBound], as: UTF8.self).prefix { $0 != "\r" }
-    guard statusLine.split(separator: " ").dropFirst().first == "200" else {
-        throw BenchError("GET \(path) answered \(statusLine)")
-    }
-    return Array(reply[split.upperBound...])
 }
 
 /// One loopback connection whose receiving end a second thread drains, for

@@ -8,7 +8,7 @@ import TCPTopCore
 ///   tcptop-bench [FIGURE...] [--only NAME...] [--attach-mode HOOKS] [--read-path PATH] [--quick]
 ///                [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]
 ///
-/// FIGURE is 1-6, NAME one of bpf, throughput, scrape, churn, idle, startup.
+/// FIGURE is 1-7, NAME one of bpf, throughput, scrape, churn, idle, startup, flood.
 /// Figures 1 and 2 are measured for every plan (hooks + read path) the
 /// kernel allows; --attach-mode and --read-path restrict them to those
 /// plans (the daemon's --bpf.attach-mode / --bpf.read-path values).
@@ -17,7 +17,7 @@ import TCPTopCore
 ///   --synthetic-scrape N      one synthetic scrape size (figure 3)
 
 struct Settings {
-    var figures: Set<Int> = Set(1...6)
+    var figures: Set<Int> = Set(1...7)
     var quick = false
     /// Rounds per median (figures 1, 3, 6).
     var rounds = 5
@@ -36,7 +36,7 @@ struct Settings {
     /// The plans figures 1 and 2 measure, found before they run.
     var survey = PlanSurvey()
 
-    static let figureNames = ["bpf": 1, "throughput": 2, "scrape": 3, "churn": 4, "idle": 5, "startup": 6]
+    static let figureNames = ["bpf": 1, "throughput": 2, "scrape": 3, "churn": 4, "idle": 5, "startup": 6, "flood": 7]
 
     mutating func makeQuick() {
         quick = true
@@ -94,11 +94,11 @@ func parseArguments(_ arguments: [String]) -> Settings {
             guard let seconds = Double(value(argument)), seconds > 0 else { usageError("--churn-seconds needs a positive number") }
             churnSeconds = seconds
         case "-h", "--help":
-            print("usage: tcptop-bench [1-6...] [--only bpf|throughput|scrape|churn|idle|startup] [--attach-mode auto|tp_btf|raw_tp|fexit|kprobe] [--read-path auto|storage_iterator|socket_hash] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]")
+            print("usage: tcptop-bench [1-7...] [--only bpf|throughput|scrape|churn|idle|startup|flood] [--attach-mode auto|tp_btf|raw_tp|fexit|kprobe] [--read-path auto|storage_iterator|socket_hash] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]")
             print("Figures 1 and 2 measure every plan (hooks + read path) the kernel allows; --attach-mode and --read-path restrict them.")
             exit(0)
         default:
-            guard let figure = Int(argument), (1...6).contains(figure) else { usageError("unknown argument \"\(argument)\"") }
+            guard let figure = Int(argument), (1...7).contains(figure) else { usageError("unknown argument \"\(argument)\"") }
             chosen.insert(figure)
         }
     }
@@ -144,6 +144,7 @@ let figures: [(number: Int, name: String, run: (Settings) -> [Row])] = [
     (4, "churn", ChurnFigure.run),
     (5, "idle", IdleFigure.run),
     (6, "start-up", StartupFigure.run),
+    (7, "idle flood", IdleFloodFigure.run),
 ]
 var rows: [Row] = []
 let benchStart = now()

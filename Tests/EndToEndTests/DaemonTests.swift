@@ -180,9 +180,9 @@ struct DaemonTests {
         #expect(String(decoding: landing.body, as: UTF8.self).contains("href=\"/probe\""))
         #expect(try daemon.get("/probe").status == 200)
         #expect(try daemon.get("/metrics").status == 404)
-        let post = try HTTPReply.fetch(host: "127.0.0.1", port: daemon.port, path: "/probe", method: "POST")
+        let post = try daemon.get("/probe", method: "POST")
         #expect(post.status == 405)
-        let gzipped = try daemon.get("/probe", headers: ["Accept-Encoding: gzip"])
+        let gzipped = try daemon.get("/probe", headers: ["Accept-Encoding": "gzip"])
         #expect(gzipped.headers["content-encoding"] == "gzip")
         #expect(gzipped.body.starts(with: [0x1f, 0x8b]))
     }

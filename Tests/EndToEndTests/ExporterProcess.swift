@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TCPTopCore
+import TCPTopHTTP
 
 /// The built tcptop-exporter binary, run as a child with a test NOTIFY_SOCKET.
 final class ExporterProcess {
@@ -109,9 +110,12 @@ final class ExporterProcess {
         }
     }
 
-    /// GET over a real socket; returns (status line, headers, body).
-    func get(_ path: String = "/metrics", host: String = "127.0.0.1", headers: [String] = []) throws -> HTTPReply {
-        try HTTPReply.fetch(host: host, port: port, path: path, headers: headers)
+    /// GET (or `method`) on a connection of its own; the body as sent (gzip not decoded).
+    func get(_ path: String = "/metrics", method: String = "GET", host: String = "127.0.0.1",
+             headers: HTTPHeaders = [:]) throws -> HTTPClientReply {
+        var options = HTTPClient.Options()
+        options.timeout = .seconds(10)
+        return try HTTPClient(options: options).request(method, HTTPURL(host: host, port: port, path: path), headers: headers)
     }
 
     func metrics() throws -> [ParsedSample] {
@@ -146,73 +150,5 @@ final class ExporterProcess {
             }
         }
         return UInt16(bigEndian: address.sin_port)
-    }
-}
-
-/// A minimal HTTP/1.1 client on a raw socket (Connection: close).
-struct HTTPReply {
-    var status: Int
-    var headers: [String: String]
-    var body: [UInt8]
-
-    static func fetch(host: String, port: UInt16, path: String, method: String = "GET", headers: [String] = []) throws -> HTTPReply {
-        let raw = try exchange(host: host, port: port,
-                               request: "\(method) \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n"
-                                   + headers.map { $0 + "\r\n" }.joined() + "\r\n")
-        guard let split = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { throw PeerError(description: "no HTTP head") }
-        let head = String(decoding: raw[..<split.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
-        let status = Int(head[0].split(separator: " ")[1]) ?? 0
-        var fields: [String: String] = [:]
-        for line in head.dropFirst() {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            if parts.count == 2 { fields[parts[0].lowercased()] = parts[1].trimmingCharacters(in: .whitespaces) }
-        }
-        return HTTPReply(status: status, headers: fields, body: Array(raw[split.upperBound...]))
-    }
-
-    /// Sends `request` and reads until the server closes.
-    static func exchange(host: String, port: UInt16, request: String) throws -> [UInt8] {
-        let family = host.contains(":") ? AF_INET6 : AF_INET
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        // Every send and receive below is bounded (the connect is to loopback: refused or accepted at once).
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let connected: Int32
-        if family == AF_INET {
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            inet_pton(AF_INET, host, &address.sin_addr)
-            connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-        } else {
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_port = port.bigEndian
-            inet_pton(AF_INET6, host, &address.sin6_addr)
-            connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            }
-        }
-        guard connected == 0 else { throw PeerError(description: "connect \(host):\(port): \(String(cString: strerror(errno)))") }
-        let bytes = Array(request.utf8)
-        guard send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else { throw PeerError(description: "send failed") }
-        var reply: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = recv(fd, &buffer, buffer.count, 0)
-            if count == 0 { break }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno == ECONNRESET && !reply.isEmpty { break }
-                throw PeerError(description: "reading the reply from \(host):\(port): "
-                                    + (errno == EAGAIN ? "nothing within 10 s" : String(cString: strerror(errno))))
-            }
-            reply += buffer[0..<count]
-        }
-        return reply
     }
 }

@@ -182,8 +182,35 @@ struct TcptopTests {
         let port = ExporterProcess.freePort()
         let output = try TcptopRun(["--from", "http://127.0.0.1:\(port)/metrics", "1", "1"]).finish()
         #expect(output.status == 1)
-        #expect(output.stderr == "tcptop: --from http://127.0.0.1:\(port)/metrics: cannot connect to 127.0.0.1:\(port): Connection refused\n")
+        #expect(output.stderr == "tcptop: --from http://127.0.0.1:\(port)/metrics: connect 127.0.0.1:\(port): Connection refused\n")
         #expect(output.stdout.isEmpty)
+    }
+
+    /// An exporter that never answers (its listener accepts nothing; the
+    /// kernel queues the connection): a stop signal during the fetch ends
+    /// tcptop at once, long before the fetch's 5 s timeout.
+    @Test func aStopSignalDuringAFetchEndsItAtOnce() throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, length) == 0 && listen(listener, 4) == 0 && getsockname(listener, $0, &length) == 0
+            }
+        }
+        try #require(listening)
+        let top = try TcptopRun(["--from", "127.0.0.1:\(UInt16(bigEndian: address.sin_port))", "1", "1"])
+        // The listener turns readable once tcptop's connection is queued: it is waiting for the reply.
+        var poller = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+        try #require(poll(&poller, 1, 10_000) == 1)
+        let signalled = Date()
+        kill(top.process.processIdentifier, SIGINT)
+        let output = try top.finish(timeout: 10)
+        #expect(output.status == 0 && output.stdout.isEmpty && output.stderr.isEmpty)
+        #expect(Date().timeIntervalSince(signalled) < 2)
     }
 
     @Test func helpPrintsTheUsage() throws {

@@ -11,6 +11,8 @@
 # Targets (one file each in Tests/Fuzz/):
 #   http-request  HTTPRequestParser.parse, compiled with the three HTTP files
 #                 it needs from TCPTopHTTP.
+#   http-reply    the client reading replies (HTTPClientConnection.readReply),
+#                 compiled with the client's files from TCPTopHTTP.
 #   config        ExporterConfig.parse(yaml:), linked against TCPTopCore, Yams
 #                 and libyaml as SwiftPM builds them (instrumented too) in
 #                 .build-fuzz, a scratch path of its own.
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/../.."
 
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(http-request config)
+[ ${#targets[@]} -gt 0 ] || targets=(http-request http-reply config)
 scratch=.build-fuzz
 sanitize=-sanitize=fuzzer,address
 mkdir -p "$scratch/artifacts"
@@ -29,14 +31,18 @@ mkdir -p "$scratch/artifacts"
 # backtracer on top of them only adds noise (and trips ASan itself).
 export SWIFT_BACKTRACE=enable=no
 
-build_http_request() {
-    # HTTPContentCoding imports CTCPTop (for zlib): a module map of our own
-    # for the same header, and shim.c with the libraries it links.
+# HTTPContentCoding and HTTPGunzip import CTCPTop (for zlib): a module map
+# of our own for the same header, and shim.c with the libraries it links.
+build_ctcptop_module() {
     mkdir -p "$scratch/ctcptop"
     printf 'module CTCPTop {\n    header "%s/Sources/CTCPTop/include/CTCPTop.h"\n    export *\n}\n' "$PWD" \
         >"$scratch/ctcptop/module.modulemap"
     set -e
     clang -c -O1 -fsanitize=address -I Sources/CTCPTop/include Sources/CTCPTop/shim.c -o "$scratch/ctcptop/shim.o"
+}
+
+build_http_request() {
+    build_ctcptop_module
     swiftc $sanitize -parse-as-library -g -O -module-name FuzzHTTPRequest \
         -Xcc -fmodule-map-file="$scratch/ctcptop/module.modulemap" \
         Tests/Fuzz/HTTPRequestFuzz.swift Sources/TCPTopHTTP/HTTPRequestParser.swift \
@@ -44,21 +50,43 @@ build_http_request() {
         "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -o "$scratch/fuzz-http-request"
 }
 
+build_http_reply() {
+    build_ctcptop_module
+    swiftc $sanitize -parse-as-library -g -O -module-name FuzzHTTPReply \
+        -Xcc -fmodule-map-file="$scratch/ctcptop/module.modulemap" \
+        Tests/Fuzz/HTTPReplyFuzz.swift Sources/TCPTopHTTP/HTTPClient.swift Sources/TCPTopHTTP/HTTPClientConnection.swift \
+        Sources/TCPTopHTTP/HTTPClientSocket.swift Sources/TCPTopHTTP/HTTPReplyParser.swift Sources/TCPTopHTTP/HTTPGunzip.swift \
+        Sources/TCPTopHTTP/HTTPURL.swift Sources/TCPTopHTTP/HTTPMessage.swift Sources/TCPTopHTTP/HTTPContentCoding.swift \
+        "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -o "$scratch/fuzz-http-reply"
+}
+
+# The objects of a target's current sources (a scratch path kept across
+# checkouts also holds those of files since removed).
+objects() {
+    local source
+    for source in Sources/"$1"/*.swift; do printf '%s ' "$scratch/debug/$1.build/$(basename "$source").o"; done
+}
+
 build_config() {
     set -e
     swift build --scratch-path "$scratch" --target TCPTopCore -Xswiftc "$sanitize" -Xcc -fsanitize=fuzzer-no-link,address
     local debug="$scratch/debug"
+    # TCPTopCore imports TCPTopHTTP (listen addresses, the web config's
+    # settings, bcrypt), which imports CTCPTop: its module map, objects and libraries too.
     swiftc $sanitize -parse-as-library -g -module-name FuzzConfig -I "$debug/Modules" \
-        Tests/Fuzz/ConfigFuzz.swift "$debug"/TCPTopCore.build/*.swift.o "$debug"/Yams.build/*.swift.o \
-        "$debug"/CYaml.build/src/*.o -o "$scratch/fuzz-config"
+        -Xcc -fmodule-map-file="$debug/CTCPTop.build/module.modulemap" \
+        Tests/Fuzz/ConfigFuzz.swift $(objects TCPTopCore) "$debug"/Yams.build/*.swift.o \
+        "$debug"/CYaml.build/src/*.o $(objects TCPTopHTTP) "$debug"/Logging.build/*.swift.o \
+        "$debug"/CTCPTop.build/shim.c.o -lbpf -lelf -lz -lsystemd -lcrypt -o "$scratch/fuzz-config"
 }
 
 status=0
 for target in "${targets[@]}"; do
     case $target in
         http-request) max_len=10000 ;;  # past the 8 KiB head limit
+        http-reply) max_len=10000 ;;  # past the fuzz target's 1 KiB head and 4 KiB body limits
         config) max_len=8192 ;;
-        *) echo "fuzz: unknown target $target (http-request, config)" >&2; exit 2 ;;
+        *) echo "fuzz: unknown target $target (http-request, http-reply, config)" >&2; exit 2 ;;
     esac
     # (ld.gold warns about every ASan symbol it cannot export: the build's output goes to a log.)
     "build_${target//-/_}" >"$scratch/build-$target.log" 2>&1 ||

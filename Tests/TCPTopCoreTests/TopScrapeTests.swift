@@ -19,29 +19,12 @@ import TCPTopCore
         #expect(throws: TopUsageError.self) { try TopMetricsURL(parsing: text) }
     }
 
-    @Test func request() {
-        let url = TopMetricsURL(host: "::1", port: 9435, path: "/metrics")
-        #expect(url.description == "http://[::1]:9435/metrics")
-        #expect(url.request.hasPrefix("GET /metrics HTTP/1.1\r\nHost: [::1]:9435\r\n"))
-        #expect(url.request.contains("Connection: close\r\n") && url.request.hasSuffix("\r\n\r\n"))
+    @Test func description() {
+        #expect(TopMetricsURL(host: "::1", port: 9435, path: "/metrics").description == "http://[::1]:9435/metrics")
     }
 
-    @Test func replies() throws {
-        func body(_ text: String) throws -> String {
-            String(decoding: try TopScrape.body(ofReply: Array(text.utf8)), as: UTF8.self)
-        }
-        #expect(try body("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") == "hello")
-        #expect(try body("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhello") == "he")
-        #expect(try body("HTTP/1.0 200 OK\r\n\r\nto the end") == "to the end")
-        #expect(try body("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n")
-            == "hello world")
-        #expect(throws: TopScrapeError("HTTP 503 Service Unavailable")) {
-            try body("HTTP/1.1 503 Service Unavailable\r\n\r\n")
-        }
-        #expect(throws: TopScrapeError("empty reply")) { try body("") }
-        #expect(throws: TopScrapeError.self) { try body("SSH-2.0-OpenSSH\r\n\r\n") }
-        #expect(throws: TopScrapeError.self) { try body("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\nxx") }
-        #expect(throws: TopScrapeError.self) { try body("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort") }
+    @Test func badURLsSayWhy() {
+        #expect(throws: TopUsageError("\"ftp://h\": only http:// URLs are supported")) { try TopMetricsURL(parsing: "ftp://h") }
     }
 
     @Test func exporterSeriesBecomeReadings() throws {

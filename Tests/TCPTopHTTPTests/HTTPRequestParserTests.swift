@@ -27,6 +27,35 @@ import Testing
         #expect(try parse("GET / HTTP/1.1\r\nHost: a\r\n") == .incomplete)
     }
 
+    /// The early refusal never refuses what could still become valid: every
+    /// proper prefix of valid heads waits for more.
+    @Test func everyPrefixOfAValidHeadWaits() throws {
+        let heads = [
+            "\r\n\r\nGET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip;q=0.5\r\nX: \t\u{e9} v\r\n\r\n",
+            "POST http://h:1/p HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+            "M-S.E_A~RCH! * HTTP/1.9\r\nHost: a\r\n\r\n",
+        ]
+        for head in heads.map({ Array($0.utf8) }) {
+            for end in 0..<head.count {
+                #expect(try HTTPRequestParser.parse(head[..<end]) == .incomplete, "\(String(decoding: head[..<end], as: UTF8.self).debugDescription)")
+            }
+            guard case .complete = try HTTPRequestParser.parse(head[...]) else { Issue.record("not complete"); continue }
+        }
+    }
+
+    @Test(arguments: [
+        Case("\u{16}\u{03}", HTTPRequestError.malformedRequestLine),  // TLS record header
+        Case("GE\u{00}", .malformedRequestLine), Case("GET  /", .malformedRequestLine), Case("GET /\t", .malformedRequestLine),
+        Case("GET / HTTP/1.1 ", .malformedRequestLine), Case("GET / HTTP/1.10", .malformedRequestLine),
+        Case("GET / HTTP/1.1\rX", .malformedRequestLine), Case("GET / HTTX", .malformedRequestLine),
+        Case("GET / HTTP/1.1\r\nHost: a\r\n x", .obsoleteLineFolding),
+        Case("GET / HTTP/1.1\r\nHost: \u{7f}", .malformedHeader), Case("GET / HTTP/1.1\r\nA: b\rc", .malformedHeader),
+    ])
+    func refusesAtOnceWhatCanNeverBeValid(_ test: Case<HTTPRequestError>) {
+        let bytes = test.text.unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }
+        #expect(throws: test.expected) { try HTTPRequestParser.parse(bytes[...]) }
+    }
+
     @Test func skipsLeadingEmptyLinesAndReadsHTTP10() throws {
         guard case .complete(let request, _) = try parse("\r\n\r\nGET / HTTP/1.0\r\n\r\n") else {
             Issue.record("incomplete")

@@ -2,8 +2,9 @@ import Glibc
 import Testing
 @testable import TCPTopHTTP
 
-/// A raw-socket HTTP client for tests: sends exactly the bytes given and
-/// reads responses by hand, so malformed requests can be sent too.
+/// The tests' client: `HTTPClientConnection` under the names the server
+/// tests use. It sends exactly the bytes given, so malformed requests can
+/// be sent too, and reads responses one at a time.
 final class TestClient {
     struct Response {
         var status: Int
@@ -14,46 +15,23 @@ final class TestClient {
 
     enum Failure: Error { case connect(Int32), closed, timedOut }
 
-    let fd: Int32
-    private var pending: [UInt8] = []
+    let connection: HTTPClientConnection
+    var fd: Int32 { connection.fd }
 
     init(host: String, port: UInt16, readTimeoutSeconds: Int = 5, receiveBuffer: Int32? = nil) throws {
-        let isIPv6 = host.contains(":")
-        fd = socket(isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        if var size = receiveBuffer {
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        }
-        var timeout = timeval(tv_sec: readTimeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var result: Int32
-        if isIPv6 {
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_port = port.bigEndian
-            inet_pton(AF_INET6, host, &address.sin6_addr)
-            result = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
-            }
-        } else {
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            inet_pton(AF_INET, host, &address.sin_addr)
-            result = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-        }
-        guard result == 0 else {
-            let code = errno
-            close(fd)
-            throw Failure.connect(code)
+        var options = HTTPClient.Options()
+        options.timeout = .seconds(readTimeoutSeconds)
+        options.receiveBufferBytes = receiveBuffer
+        do {
+            connection = try HTTPClient(options: options).connect(host: host, port: port)
+        } catch {
+            throw Self.failure(error)
         }
     }
 
-    deinit { close(fd) }
-
+    /// Best effort, as a raw socket write: a server that already closed is seen when reading.
     func send(_ text: String) {
-        _ = Array(text.utf8).withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        try? connection.send(text)
     }
 
     func get(_ path: String, headers: String = "") throws -> Response {
@@ -63,36 +41,45 @@ final class TestClient {
 
     /// Reads one response; `bodyExpected: false` for HEAD.
     func readResponse(bodyExpected: Bool = true) throws -> Response {
-        while firstIndex(of: [13, 10, 13, 10]) == nil { try fill() }
-        let headEnd = firstIndex(of: [13, 10, 13, 10])!
-        let lines = String(decoding: pending[..<headEnd], as: UTF8.self).split(separator: "\r\n")
-        pending.removeFirst(headEnd + 4)
-        let status = Int(lines[0].split(separator: " ")[1]) ?? 0
-        var headers: [String: String] = [:]
-        for line in lines.dropFirst() {
-            let parts = line.split(separator: ":", maxSplits: 1)
-            headers[parts[0].lowercased()] = parts.count > 1 ? parts[1].trimmingWhitespace() : ""
+        do {
+            let reply = try connection.readReply(to: bodyExpected ? "GET" : "HEAD")
+            var headers: [String: String] = [:]
+            for field in reply.headers { headers[field.name.lowercased()] = field.value }
+            return Response(status: reply.status, headers: headers, body: reply.body)
+        } catch {
+            throw Self.failure(error)
         }
-        let length = bodyExpected ? Int(headers["content-length"] ?? "0") ?? 0 : 0
-        while pending.count < length { try fill() }
-        let body = Array(pending[..<length])
-        pending.removeFirst(length)
-        return Response(status: status, headers: headers, body: body)
+    }
+
+    /// True while the server keeps the connection open (nothing readable, no hang-up), without waiting.
+    func isOpen() -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return !connection.hasBufferedBytes && poll(&entry, 1, 0) == 0
+    }
+
+    /// Sends raw bytes (a TLS record, say); best effort, like `send(_:)`.
+    func send(bytes: [UInt8]) {
+        try? connection.send(bytes)
     }
 
     /// True when the server closed the connection (EOF or reset) with nothing more to read.
-    func isClosedByServer() -> Bool {
-        var byte: UInt8 = 0
-        let count = recv(fd, &byte, 1, 0)
-        return count == 0 || (count < 0 && errno != EAGAIN)
-    }
+    func isClosedByServer() -> Bool { connection.isClosedByPeer() }
 
     /// Reads whatever arrives next, unparsed; 0 at end of stream.
     func readSome() throws -> Int {
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if count < 0 { throw errno == EAGAIN ? Failure.timedOut : Failure.closed }
-        return count
+        do {
+            return try connection.readSome().count
+        } catch {
+            throw Self.failure(error)
+        }
+    }
+
+    private static func failure(_ error: HTTPClientError) -> Failure {
+        switch error.kind {
+        case .connect(let code): .connect(code)
+        case .timedOut: .timedOut
+        default: .closed
+        }
     }
 
     /// Waits (at most `timeout` seconds) until the server has accepted this
@@ -145,19 +132,6 @@ final class TestClient {
         }
         return String(decoding: bytes, as: UTF8.self)
     }
-
-    private func fill() throws {
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if count == 0 { throw Failure.closed }
-        if count < 0 { throw errno == EAGAIN ? Failure.timedOut : Failure.closed }
-        pending += chunk[..<count]
-    }
-
-    private func firstIndex(of pattern: [UInt8]) -> Int? {
-        guard pending.count >= pattern.count else { return nil }
-        return (0...(pending.count - pattern.count)).first { pending[$0..<$0 + pattern.count].elementsEqual(pattern) }
-    }
 }
 
 /// A table row: input text and what it should give. Shown shortened and
@@ -173,4 +147,9 @@ struct Case<Expected: Sendable>: Sendable, CustomTestStringConvertible {
         let escaped = text.debugDescription
         return escaped.count > 70 ? escaped.prefix(70) + "…\"" : escaped
     }
+}
+
+/// A gzip body decoded by the client's own inflater; nil when it is not gzip.
+func gunzip(_ data: [UInt8]) -> [UInt8]? {
+    try? HTTPGunzip.inflate(data, maxBytes: 1 << 30)
 }

@@ -34,6 +34,22 @@ int tcptop_ambient_clear_all(void);
 /* The highest capability number this kernel knows. */
 int tcptop_cap_last(void);
 
+/* epoll, eventfd and accept4 for the HTTP listener: Swift's Glibc module
+ * declares none of them (and epoll_event is a packed struct). Events are
+ * EPOLL* bit masks, the TCPTOP_EPOLL* values below; `fd` is the event's data. */
+enum {
+	TCPTOP_EPOLLIN = 0x001, TCPTOP_EPOLLOUT = 0x004, TCPTOP_EPOLLERR = 0x008,
+	TCPTOP_EPOLLHUP = 0x010, TCPTOP_EPOLLRDHUP = 0x2000,
+};
+int tcptop_epoll_create(void);                                   /* close-on-exec */
+int tcptop_epoll_add(int epfd, int fd, uint32_t events);
+int tcptop_epoll_modify(int epfd, int fd, uint32_t events);
+int tcptop_epoll_remove(int epfd, int fd);
+/* Fills up to `max` (fd, events) pairs; returns their count, or -1 with errno. */
+int tcptop_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms);
+int tcptop_eventfd(void);                                        /* non-blocking, close-on-exec */
+int tcptop_accept(int fd);                     /* accept4: non-blocking, close-on-exec */
+
 /* zlib's deflateInit2 is a macro. */
 int tcptop_deflate_init_gzip(z_stream *stream, int level);
 
