@@ -61,6 +61,6 @@ let package = Package(
         .testTarget(name: "TCPTopCoreTests", dependencies: ["TCPTopCore"]),
         .testTarget(name: "TCPTopHTTPTests", dependencies: ["TCPTopHTTP", "CTCPTop"]),
         .testTarget(name: "TCPTopServerTests", dependencies: ["TCPTopServer"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP", "TCPTopServer"]),
     ]
 )

@@ -39,7 +39,7 @@ extension TCPTracer {
         var seen = Set<ConnectionID>(minimumCapacity: owners.live.count + shared.count)
         func add(_ key: tcptop_conn_key, _ value: tcptop_conn_value, closed: Bool) {
             let id = ConnectionID(cookie: key.cookie, pid: key.tgid)
-            let labels = labelCache[id] ?? Self.labels(pid: key.tgid, value: value)
+            let labels = labelCache[id] ?? sharingComm(Self.labels(pid: key.tgid, value: value))
             if !closed {
                 labelCache[id] = labels
                 seen.insert(id)
@@ -164,6 +164,18 @@ extension TCPTracer {
             (0..<(bytes.count / recordSize)).map { raw.loadUnaligned(fromByteOffset: $0 * recordSize, as: tcptop_conn_record.self) }
         }
         return (live, [])
+    }
+
+    /// The labels with the process name's shared array.
+    private func sharingComm(_ labels: ConnectionLabels) -> ConnectionLabels {
+        var labels = labels
+        if let known = commNames.firstIndex(of: labels.comm) {
+            labels.comm = commNames[known]
+        } else {
+            if commNames.count >= 4096 { commNames.removeAll() }
+            commNames.insert(labels.comm)
+        }
+        return labels
     }
 
     static func labels(pid: UInt32, value: tcptop_conn_value) -> ConnectionLabels {

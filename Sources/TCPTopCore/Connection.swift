@@ -19,14 +19,17 @@ public struct ConnectionID: Hashable, Sendable {
 /// The labels of one connection end. `comm` keeps the kernel's raw bytes
 /// (up to 15, NUL removed): a process may put any byte in its name, and
 /// turning it into valid UTF-8 text is the writer's job.
+///
+/// Fields are ordered by size (references first) so a value takes 56 bytes,
+/// not 72: a read of a million connections holds a million of them.
 public struct ConnectionLabels: Hashable, Sendable {
-    public var pid: UInt32
     public var comm: [UInt8]
-    public var family: AddressFamily
     public var localAddress: String
-    public var localPort: UInt16
     public var remoteAddress: String
+    public var pid: UInt32
+    public var localPort: UInt16
     public var remotePort: UInt16
+    public var family: AddressFamily
 
     public init(
         pid: UInt32, comm: [UInt8], family: AddressFamily,
@@ -48,9 +51,9 @@ public struct ConnectionLabels: Hashable, Sendable {
 /// One read of one connection end's counters.
 public struct ConnectionSample: Sendable, Equatable {
     public var id: ConnectionID
-    public var labels: ConnectionLabels
     public var sentBytes: UInt64
     public var receivedBytes: UInt64
+    public var labels: ConnectionLabels
     /// The kernel destroyed the socket: these counters are final.
     public var closed: Bool
 

@@ -11,9 +11,16 @@ public final class ConnectionRegistry {
     /// Dense: an expired entry is replaced by the last one, and every view's
     /// `slotOfEntry` mirrors that move.
     private(set) var entries: [RegistryEntry] = []
-    private var indexOfID: [ConnectionID: Int] = [:]
-    let views: [SeriesView]
-    private var readCount: UInt64 = 0
+    private var index = EntryIndex()
+    private(set) var views: [SeriesView]
+    /// Never `RegistryEntry.closedMark` (0): it skips it when it wraps.
+    private var readCount: UInt32 = 0
+    /// No entry ever had a higher cookie: an id above it is new without a
+    /// look-up (the kernel hands out cookies from a rising counter, so most
+    /// new connections are), which spares a cache miss per new connection.
+    private var highestCookie: UInt64 = 0
+    /// Where the touched values go, so the loads that touch them are kept.
+    private var touchSink: Int32 = 0
 
     public init(views: [ViewConfig] = [ViewConfig()], closedRetention: Double) {
         self.views = views.map(SeriesView.init)
@@ -33,66 +40,110 @@ public final class ConnectionRegistry {
     /// again. Then expires the series that are due.
     public func update(with samples: [ConnectionSample], now: Double) {
         readCount &+= 1
-        indexOfID.reserveCapacity(samples.count)  // one resize up front on a first big read
-        for sample in samples {
-            if let index = indexOfID[sample.id] {
-                apply(sample, toEntryAt: index, now: now)
+        if readCount == RegistryEntry.closedMark { readCount = 1 }
+        // One resize of each array up front on a first big read, not a doubling chain.
+        index.reserve(samples.count, entries: entries)
+        if samples.count > entries.capacity { entries.reserveCapacity(samples.count) }
+        for view in views.indices { views[view].reserveMembers(samples.count) }
+        // A read comes in the kernel's order, which holds from read to read,
+        // and entries are kept in the order they were first read: the entry
+        // after the last one found is tried before the index.
+        var next = 0
+        var current = 0
+        while current < samples.count {
+            // Fields, not the whole sample: a copy would retain its labels' three buffers.
+            let id = samples[current].id
+            if next < entries.count && entries[next].has(id) {
+                apply(samples[current].counts, toEntryAt: next, now: now)
+                next += 1
+            } else if id.cookie > highestCookie {
+                // A run of rising cookies above every known one: all new, all distinct.
+                var end = current + 1
+                while end < samples.count && end - current < Self.batch && samples[end].id.cookie > samples[end - 1].id.cookie {
+                    end += 1
+                }
+                insert(samples[current..<end], now: now)
+                next = entries.count
+                current = end
+                continue
+            } else if let position = index.find(id, in: entries) {
+                apply(samples[current].counts, toEntryAt: position, now: now)
+                next = position + 1
             } else {
-                insert(sample, now: now)
+                insert(samples[current...current], now: now)
+                next = entries.count
             }
+            current += 1
         }
-        var index = 0
-        while index < entries.count {
-            if entries[index].closed || entries[index].lastRead != readCount {
-                remove(at: index)  // the last entry moves here: look at this index again
+        var position = 0
+        while position < entries.count {
+            if entries[position].lastRead != readCount {  // closed, or missing from this read
+                remove(at: position)  // the last entry moves here: look at this position again
             } else {
-                index += 1
+                position += 1
             }
         }
         expire(now: now)
     }
 
-    private func insert(_ sample: ConnectionSample, now: Double) {
-        indexOfID[sample.id] = entries.count
-        entries.append(RegistryEntry(
-            id: sample.id, sent: sample.sentBytes, received: sample.receivedBytes,
-            closed: sample.closed, lastRead: readCount))
-        for view in views { view.addMember(labels: sample.labels, now: now) }
+    /// New ends inserted in a batch of at most this many.
+    static let batch = 32
+
+    /// Inserts new, distinct ends. Their index entries and label texts are
+    /// touched first, all of them, so that the cache misses of a big first
+    /// read overlap instead of coming one after the other.
+    private func insert(_ batch: ArraySlice<ConnectionSample>, now: Double) {
+        var touched: Int32 = 0
+        for sample in batch { touched &+= index.touch(sample.id) }
+        for view in views.indices { touched &+= views[view].prepare(batch.lazy.map(\.labels)) }
+        touchSink = touched
+        for (offset, sample) in batch.enumerated() {
+            highestCookie = max(highestCookie, sample.id.cookie)
+            index.insert(sample.id, at: entries.count, entries: entries)
+            entries.append(RegistryEntry(
+                sent: sample.sentBytes, received: sample.receivedBytes, cookie: sample.id.cookie, pid: sample.id.pid,
+                lastRead: sample.closed ? RegistryEntry.closedMark : readCount))
+            for view in views.indices { views[view].addPreparedMember(offset, now: now) }
+        }
     }
 
-    private func apply(_ sample: ConnectionSample, toEntryAt index: Int, now: Double) {
-        var entry = entries[index]
+    private func apply(_ sample: SampleCounts, toEntryAt position: Int, now: Double) {
+        var entry = entries[position]
         // A lower value can only be a stale read; keeping the higher one keeps every sum monotonic.
         let changed = sample.sentBytes > entry.sent || sample.receivedBytes > entry.received
         entry.sent = max(entry.sent, sample.sentBytes)
         entry.received = max(entry.received, sample.receivedBytes)
-        entry.closed = entry.closed || sample.closed
-        entry.lastRead = readCount
-        if changed {
-            for view in views { view.touchMember(at: index, now: now) }
+        // Closed stays closed for the rest of this read (a socket can appear live, then closed).
+        if sample.closed || entry.lastRead == RegistryEntry.closedMark {
+            entry.lastRead = RegistryEntry.closedMark
+        } else {
+            entry.lastRead = readCount
         }
-        entries[index] = entry
+        if changed {
+            for view in views.indices { views[view].touchMember(at: position, now: now) }
+        }
+        entries[position] = entry
     }
 
     /// Folds the final counts of the entry at `index` into its series in
     /// every view, then removes it (the last entry moves into its place).
-    private func remove(at index: Int) {
-        let entry = entries[index]
-        for view in views {
-            view.removeMember(at: index, finalSent: entry.sent, finalReceived: entry.received)
+    private func remove(at position: Int) {
+        let entry = entries[position]
+        for view in views.indices {
+            views[view].removeMember(at: position, finalSent: entry.sent, finalReceived: entry.received)
         }
-        indexOfID[entry.id] = nil
+        index.remove(entry.id, at: position)
         let last = entries.removeLast()
-        if index < entries.count {
-            entries[index] = last
-            indexOfID[last.id] = index
+        if position < entries.count {
+            entries[position] = last
+            index.move(last.id, from: entries.count, to: position)
         }
     }
 
     /// Removes series that have had no open connection end and no activity
     /// for `closedRetention`. Open ends never expire.
     public func expire(now: Double) {
-        for view in views { view.expireSeries(now: now, retention: closedRetention) }
+        for view in views.indices { views[view].expireSeries(now: now, retention: closedRetention) }
     }
 
     // MARK: Statistics for self-metrics
@@ -123,12 +174,29 @@ public final class ConnectionRegistry {
     }
 }
 
-/// One connection end as the registry holds it.
+/// What a read says of a known end.
+struct SampleCounts {
+    var sentBytes: UInt64
+    var receivedBytes: UInt64
+    var closed: Bool
+}
+
+extension ConnectionSample {
+    var counts: SampleCounts { SampleCounts(sentBytes: sentBytes, receivedBytes: receivedBytes, closed: closed) }
+}
+
+/// One connection end as the registry holds it: 32 bytes.
 struct RegistryEntry {
-    var id: ConnectionID
     var sent: UInt64
     var received: UInt64
-    var closed: Bool
-    /// The `update` call that last carried this entry.
-    var lastRead: UInt64
+    var cookie: UInt64
+    var pid: UInt32
+    /// The `update` call that last carried this entry, or `closedMark`
+    /// once a read said it closed (it is let go at the end of that read).
+    var lastRead: UInt32
+
+    static let closedMark: UInt32 = 0
+
+    var id: ConnectionID { ConnectionID(cookie: cookie, pid: pid) }
+    func has(_ id: ConnectionID) -> Bool { cookie == id.cookie && pid == id.pid }
 }

@@ -68,20 +68,44 @@ public final class MetricsCollector: @unchecked Sendable {
         return registry.liveEntries
     }
 
-    /// Reads the kernel and renders every family. A failed kernel read is
-    /// counted and the last known values are served (never invented ones).
+    /// Reads the kernel and renders every family into one buffer (tests,
+    /// and callers that want the whole text).
     public func scrape() -> [UInt8] {
-        lock.lock()
-        defer { lock.unlock() }
+        var body: [UInt8] = []
+        scrape { body.append(contentsOf: $0) }
+        return body
+    }
+
+    /// Reads the kernel and writes every family to `sink` in pieces of about
+    /// 64 KiB, rendered as they are written. A failed kernel read is counted
+    /// and the last known values are served (never invented ones).
+    ///
+    /// The lock is held only to read the kernel, update the registry and
+    /// take a snapshot; the sink is called without it, so a client that
+    /// reads slowly (or never) does not stall the poll that reads the
+    /// kernel. A sink error (the client went away) is rethrown.
+    public func scrape(into sink: (ArraySlice<UInt8>) throws -> Void) rethrows {
         let start = monotonicSeconds()
-        do { try readKernel() } catch { readErrors += 1 }
-        var writer = ExpositionWriter(reservingCapacity: 16384)  // render() reserves what the series need
-        registry.render(into: &writer)
-        writeSelfMetrics(into: &writer)
-        ProcessMetrics.read()?.write(into: &writer)
-        scrapeCount += 1
-        scrapeSeconds += monotonicSeconds() - start
-        return writer.bytes
+        let (snapshot, selfMetrics) = lock.withLock {
+            do { try readKernel() } catch { readErrors += 1 }
+            return (registry.snapshot(), selfMetricsSnapshot())
+        }
+        var trailer = ExpositionWriter(reservingCapacity: 8192)
+        selfMetrics.write(into: &trailer)
+        ProcessMetrics.read()?.write(into: &trailer)
+        var sinkSeconds = 0.0
+        defer {
+            let seconds = monotonicSeconds() - start - sinkSeconds
+            lock.withLock {
+                scrapeCount += 1
+                scrapeSeconds += seconds
+            }
+        }
+        try snapshot.write(trailer: trailer.bytes) { piece in
+            let before = monotonicSeconds()
+            defer { sinkSeconds += monotonicSeconds() - before }
+            try sink(piece)
+        }
     }
 
     private func readKernel() throws {
@@ -94,53 +118,10 @@ public final class MetricsCollector: @unchecked Sendable {
         lastSuccessfulRead = now
     }
 
-    private func writeSelfMetrics(into writer: inout ExpositionWriter) {
-        writer.family(name: "tcptop_unattributed_bytes_total",
-                      help: "TCP payload bytes counted while the kernel map was full, so not attributed to a connection.",
-                      type: .counter)
-        writer.sample(name: "tcptop_unattributed_bytes_total", labels: [("direction", "sent")], value: unattributed.sentBytes)
-        writer.sample(name: "tcptop_unattributed_bytes_total", labels: [("direction", "received")], value: unattributed.receivedBytes)
-        writer.family(name: "tcptop_unattributed_events_total",
-                      help: "Send and receive calls counted while the kernel map was full.", type: .counter)
-        writer.sample(name: "tcptop_unattributed_events_total", labels: [("direction", "sent")], value: unattributed.sendEvents)
-        writer.sample(name: "tcptop_unattributed_events_total", labels: [("direction", "received")], value: unattributed.receiveEvents)
-
-        writer.family(name: "tcptop_exporter_build_info", help: "A metric with a constant 1 labelled by version.", type: .gauge)
-        writer.sample(name: "tcptop_exporter_build_info", labels: [("version", info.version)], value: UInt64(1))
-        writer.family(name: "tcptop_exporter_attach_mode",
-                      help: "The kernel hooks that count the bytes (mode) and how the counters are read (read_path), as chosen at start (constant 1).",
-                      type: .gauge)
-        writer.sample(name: "tcptop_exporter_attach_mode", labels: [("mode", info.attachMode), ("read_path", info.readPath)],
-                      value: UInt64(1))
-        writer.family(name: "tcptop_exporter_map_capacity", help: "Sockets (and shared connection ends) the kernel side can track; past it, bytes are unattributed.", type: .gauge)
-        writer.sample(name: "tcptop_exporter_map_capacity", value: UInt64(info.mapCapacity))
-        writer.family(name: "tcptop_exporter_map_entries", help: "Sockets tracked in the kernel at the last read.", type: .gauge)
-        writer.sample(name: "tcptop_exporter_map_entries", value: UInt64(kernelEntries))
-        writer.family(name: "tcptop_exporter_closes_not_recorded_total",
-                      help: "Socket closes whose final counts did not fit the closed map; their last bytes went to tcptop_unattributed_bytes_total.",
-                      type: .counter)
-        writer.sample(name: "tcptop_exporter_closes_not_recorded_total", value: unattributed.closesNotRecorded)
-        writer.family(name: "tcptop_exporter_connections", help: "Open connection ends held by the exporter (closed ones live on in their series).", type: .gauge)
-        writer.sample(name: "tcptop_exporter_connections", value: UInt64(registry.liveEntries))
-        let views = registry.viewStatistics
-        writer.family(name: "tcptop_exporter_series", help: "Series per view (per family), overflow series included.", type: .gauge)
-        for view in views { writer.sample(name: "tcptop_exporter_series", labels: [("view", view.prefix)], value: UInt64(view.series)) }
-        writer.family(name: "tcptop_exporter_overflowed_label_sets",
-                      help: "Label sets past a view's max_series, summed into its overflow series.", type: .gauge)
-        for view in views {
-            writer.sample(name: "tcptop_exporter_overflowed_label_sets", labels: [("view", view.prefix)], value: UInt64(view.overflowedLabelSets))
-        }
-        writer.family(name: "tcptop_exporter_kprobe_missed_calls_total",
-                      help: "kprobe mode: calls whose return the kernel did not report (too many threads blocked at once); counted as unattributed events.",
-                      type: .counter)
-        writer.sample(name: "tcptop_exporter_kprobe_missed_calls_total", value: missedCalls)
-        writer.family(name: "tcptop_exporter_kernel_read_errors_total", help: "Failed reads of the kernel maps.", type: .counter)
-        writer.sample(name: "tcptop_exporter_kernel_read_errors_total", value: readErrors)
-        writer.family(name: "tcptop_exporter_scrapes_total", help: "Scrapes of the telemetry path answered.", type: .counter)
-        writer.sample(name: "tcptop_exporter_scrapes_total", value: scrapeCount)
-        writer.family(name: "tcptop_exporter_scrape_duration_seconds_total",
-                      help: "Time spent reading the kernel maps and rendering, over all previous scrapes.", type: .counter)
-        writer.sample(name: "tcptop_exporter_scrape_duration_seconds_total", value: scrapeSeconds)
+    private func selfMetricsSnapshot() -> SelfMetrics {
+        SelfMetrics(info: info, unattributed: unattributed, kernelEntries: kernelEntries, missedCalls: missedCalls,
+                    readErrors: readErrors, scrapeCount: scrapeCount, scrapeSeconds: scrapeSeconds,
+                    liveEntries: registry.liveEntries, views: registry.viewStatistics)
     }
 }
 

@@ -99,6 +99,14 @@ final class DaemonUnderTest {
     }
 
     var peakRSS: UInt64 { statusBytes(pid: pid, field: "VmHWM") ?? 0 }
+
+    /// Sets the daemon's peak RSS (VmHWM) back to its RSS now (clear_refs
+    /// 5, as root), so that `peakRSS` then tells the peak of what follows.
+    func resetPeakRSS() -> Bool {
+        guard let file = FileHandle(forWritingAtPath: "/proc/\(pid)/clear_refs") else { return false }
+        defer { try? file.close() }
+        return (try? file.write(contentsOf: Data("5".utf8))) != nil
+    }
     var restingRSS: UInt64 { statusBytes(pid: pid, field: "VmRSS") ?? 0 }
 
     private static func freePort() throws -> UInt16 {

@@ -169,7 +169,7 @@ if settings.figures.contains(1) {
     print("Figure 1 enables BPF run-time statistics with BPF_ENABLE_STATS (an fd, closed on exit): kernel.bpf_stats_enabled is never changed, so there is nothing to restore, even after a crash.")
 }
 if settings.figures.contains(3) {
-    print("Figure 3 synthetic: the daemon's registry + renderer in a child process (update of every series, then render), peak RSS of that child; the kernel read is timed in the real rows.")
+    print("Figure 3 synthetic: the daemon's registry + renderer in a child process (update of every series, snapshot, then the text streamed in 64 KiB pieces to a sink that counts them), peak RSS of that child, its input (the read of N connection ends) included; the kernel read is timed in the real rows, and \"a scrape +X\" there is how far the daemon's RSS rose during one scrape.")
 }
 print("Total \(format(now() - benchStart, 0)) s.")
 exit(rows.contains(where: \.failed) ? 1 : 0)  // a missed target is a result, not a failure

@@ -40,7 +40,7 @@ struct LabelTextStoreTests {
         }
         #expect(store.liveBytes == textOfSlot.values.reduce(0) { $0 + $1.count })
         // Compaction keeps the arena near the live bytes.
-        #expect(store.arena.count <= store.liveBytes + max(store.liveBytes, 1 << 16))
+        #expect(store.arenaBytes <= store.liveBytes + max(store.liveBytes, 1 << 16))
     }
 
     @Test func unindexedTextsAreStoredButNotFound() {
