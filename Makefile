@@ -7,7 +7,8 @@
 PREFIX ?= /usr/local
 SWIFT ?= swift
 # Debian packages the build and the tests need (clang comes with the Swift toolchain).
-DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev bpftool prometheus python3 curl util-linux \
+DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev libcrypt-dev bpftool prometheus python3 curl util-linux \
+	apache2-utils python3-bcrypt prometheus-node-exporter openssl \
 	systemd-container mmdebstrap binutils e2fsprogs qemu-system-x86 qemu-utils
 
 .PHONY: deps build release run test fuzz test-without-bpf guest-compare bench install clean
@@ -70,6 +71,7 @@ install: release
 	install -D -m 0644 Config/tcptop-exporter.yml $(DESTDIR)/etc/tcptop-exporter/tcptop-exporter.yml
 	install -D -m 0644 systemd/tcptop-exporter.service $(DESTDIR)/etc/systemd/system/tcptop-exporter.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/tcptop-exporter/README.md
+	install -D -m 0644 Config/web-config.yml $(DESTDIR)$(PREFIX)/share/doc/tcptop-exporter/web-config.yml
 
 clean:
 	rm -rf .build .build-fuzz

@@ -29,6 +29,9 @@ public struct WebConfig: Equatable, Sendable {
     public var writeTimeout: Duration = .seconds(30)
     /// How long a kept-alive connection may wait for its next request.
     public var idleTimeout: Duration = .seconds(60)
+    /// The exporter-toolkit web config file (basic auth, headers); nil: none.
+    /// Followed while running, not rebound: see `WebConfigWatcher`.
+    public var configFile: String?
 
     public static let maxConnectionsRange = 1...1_000_000
     /// The longest `read_timeout`, `write_timeout` and `idle_timeout`: each
@@ -155,16 +158,19 @@ public struct ConfigError: Error, Equatable, CustomStringConvertible {
     /// Dotted path of the offending key, like `views[1].prefix`; empty for the whole file.
     public var key: String
     public var problem: String
+    /// Which file: "config" (`--config.file`) or "web config" (`--web.config.file`).
+    public var source: String
 
-    public init(key: String, problem: String) {
+    public init(key: String, problem: String, source: String = "config") {
         self.key = key
         self.problem = problem
+        self.source = source
     }
 
     /// One line, whatever the file holds: a quoted value or key with a line
     /// break or another control character in it is written escaped (`\n`, `\u{1B}`).
     public var description: String {
-        let line = key.isEmpty ? "config: \(problem)" : "config: \(key): \(problem)"
+        let line = key.isEmpty ? "\(source): \(problem)" : "\(source): \(key): \(problem)"
         guard line.unicodeScalars.contains(where: Self.needsEscape) else { return line }
         var escaped = ""
         for scalar in line.unicodeScalars {

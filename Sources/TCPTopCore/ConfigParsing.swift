@@ -6,21 +6,10 @@ extension ExporterConfig {
     /// The configuration in the file at `path`, or the defaults when `path` is nil.
     public static func load(path: String?) throws -> ExporterConfig {
         guard let path else { return ExporterConfig() }
-        // POSIX reads, for an errno text ("No such file or directory") rather
-        // than Foundation's multi-line error description.
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw ConfigError(key: "", problem: "cannot read \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = read(fd, &buffer, buffer.count)
-            if count == 0 { break }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw ConfigError(key: "", problem: "cannot read \(path): \(String(cString: strerror(errno)))")
-            }
-            bytes += buffer[0..<count]
+        let bytes: [UInt8]
+        switch readWholeFile(path) {
+        case .success(let read): bytes = read
+        case .failure(let problem): throw ConfigError(key: "", problem: "cannot read \(path): \(problem.reason)")
         }
         return try parse(yaml: String(decoding: bytes, as: UTF8.self))
     }
@@ -48,6 +37,30 @@ extension ExporterConfig {
         if let views = top["views"] { config.views = try parseViews(views) }
         if let log = top["log"] { config.log = try parseLog(log) }
         return config
+    }
+}
+
+/// Why a file could not be read: an errno text ("No such file or directory").
+struct FileReadError: Error {
+    var reason: String
+}
+
+/// The bytes of the file at `path`, with POSIX reads: for an errno text
+/// rather than Foundation's multi-line error description.
+func readWholeFile(_ path: String) -> Result<[UInt8], FileReadError> {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return .failure(FileReadError(reason: String(cString: strerror(errno)))) }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(fd, &buffer, buffer.count)
+        if count == 0 { return .success(bytes) }
+        if count < 0 {
+            if errno == EINTR { continue }
+            return .failure(FileReadError(reason: String(cString: strerror(errno))))
+        }
+        bytes += buffer[0..<count]
     }
 }
 
@@ -97,7 +110,8 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
     var web = WebConfig()
     let keys = try fields(
         of: section.node, at: section.key,
-        known: ["listen_addresses", "telemetry_path", "max_requests", "max_connections", "read_timeout", "write_timeout", "idle_timeout"])
+        known: ["listen_addresses", "telemetry_path", "max_requests", "max_connections", "read_timeout", "write_timeout", "idle_timeout",
+                "config_file"])
     if let field = keys["listen_addresses"] {
         let items = try list(field, expected: "a list of host:port addresses")
         guard !items.isEmpty else { throw field.error("must list at least one address") }
@@ -120,6 +134,11 @@ private func parseWeb(_ section: Field) throws -> WebConfig {
     if let field = keys["read_timeout"] { web.readTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
     if let field = keys["write_timeout"] { web.writeTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
     if let field = keys["idle_timeout"] { web.idleTimeout = try positiveDuration(field, atMost: WebConfig.maxTimeout) }
+    if let field = keys["config_file"] {
+        // "" is none, as for --web.config.file (exporter-toolkit's flag default).
+        let path = try scalar(field, expected: "the path of an exporter-toolkit web config file, or \"\" for none")
+        web.configFile = path.isEmpty ? nil : path
+    }
     return web
 }
 
@@ -196,10 +215,10 @@ private func isMetricNamePrefix(_ text: String) -> Bool {
     return text.utf8.allSatisfy { isStart($0) || ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) }
 }
 
-// MARK: - Typed readers of YAML nodes
+// MARK: - Typed readers of YAML nodes (the web config file's reader uses them too)
 
 /// A node with the dotted path that names it in errors, like `views[0].labels`.
-private struct Field {
+struct Field {
     var node: Node
     var key: String
 
@@ -208,7 +227,7 @@ private struct Field {
 
 /// The keys of a mapping, after rejecting unknown, duplicate and non-string keys.
 /// A null section (every key commented out) reads as an empty mapping.
-private func fields(of node: Node, at path: String, known: [String]) throws -> [String: Field] {
+func fields(of node: Node, at path: String, known: [String]) throws -> [String: Field] {
     let here = Field(node: node, key: path)
     if isNull(node) { return [:] }
     guard let mapping = node.mapping else {
@@ -229,24 +248,24 @@ private func fields(of node: Node, at path: String, known: [String]) throws -> [
     return result
 }
 
-private func isNull(_ node: Node) -> Bool {
+func isNull(_ node: Node) -> Bool {
     node.scalar != nil && node.tag == Tag(.null)
 }
 
-private func describe(_ node: Node) -> String {
+func describe(_ node: Node) -> String {
     if isNull(node) { return "nothing" }
     if let scalar = node.scalar { return "\"\(scalar.string)\"" }
     return node.mapping != nil ? "a mapping" : "a list"
 }
 
-private func scalar(_ field: Field, expected: String) throws -> String {
+func scalar(_ field: Field, expected: String) throws -> String {
     guard !isNull(field.node), let scalar = field.node.scalar else {
         throw field.error("must be \(expected), got \(describe(field.node))")
     }
     return scalar.string
 }
 
-private func list(_ field: Field, expected: String) throws -> [Field] {
+func list(_ field: Field, expected: String) throws -> [Field] {
     guard let sequence = field.node.sequence else {
         throw field.error("must be \(expected), got \(describe(field.node))")
     }
@@ -279,7 +298,7 @@ private func positiveDuration(_ field: Field, atMost limit: Duration) throws -> 
     }
 }
 
-private func choice<Choice: CaseIterable & RawRepresentable>(_ field: Field) throws -> Choice
+func choice<Choice: CaseIterable & RawRepresentable>(_ field: Field) throws -> Choice
 where Choice.RawValue == String {
     let expected = "one of " + Choice.allCases.map(\.rawValue).joined(separator: ", ")
     let text = try scalar(field, expected: expected)
@@ -288,6 +307,6 @@ where Choice.RawValue == String {
 }
 
 /// Error texts (Yams adds a source snippet on later lines) cut to their first line.
-private func oneLine(_ error: Error) -> String {
+func oneLine(_ error: Error) -> String {
     String(describing: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "unknown error"
 }

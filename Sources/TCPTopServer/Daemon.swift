@@ -18,6 +18,8 @@ public final class Daemon: Sendable {
         public var logFormat: LogFormat?
         public var attachMode: BPFAttachMode?
         public var readPath: BPFReadPath?
+        /// `--web.config.file`; "" is none.
+        public var webConfigFile: String?
         public init() {}
     }
 
@@ -37,6 +39,10 @@ public final class Daemon: Sendable {
     private let state: Locked<State>
     /// Read by every request; replaced by a reload of the telemetry path.
     private let router = Locked(HTTPRouter())
+    /// The web config file in force (nil: none); replaced when a reload names another.
+    private let webConfig: Locked<WebConfigWatcher?>
+    /// Outlives web config changes: its keys include the stored hash.
+    private let authenticator = BasicAuthenticator()
 
     // Unchecked only for the dispatch sources: thread-safe objects that
     // swift-corelibs-libdispatch does not mark Sendable.
@@ -57,6 +63,36 @@ public final class Daemon: Sendable {
         logSettings = LogSettings(level: config.log.level, format: config.log.format)
         let settings = logSettings
         log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
+        webConfig = Locked(try config.web.configFile.map { [log] in try Self.watchWebConfig(path: $0, log: log) })
+    }
+
+    /// Follows the web config file at `path`; a bad one throws one line.
+    private static func watchWebConfig(path: String, log: Logger) throws -> WebConfigWatcher {
+        try WebConfigWatcher(path: path, accept: refuseTLS) { event in
+            switch event {
+            case .loaded(let file):
+                let settings = file.settings
+                // Never the hashes: the count of users is enough to tell what runs.
+                log.info("web config loaded", metadata: [
+                    "file": "\(path)", "basic_auth_users": "\(settings.basicAuthUsers.count)",
+                    "headers": "\(settings.headers.map(\.name).joined(separator: ","))",
+                ])
+                for note in file.notes { log.warning("\(note)") }
+            case .kept(let problem):
+                log.error("\(problem); keeping the previous web config")
+            }
+        }
+    }
+
+    /// Until the server speaks TLS, a file that asks for it is refused:
+    /// serving plain HTTP to someone who asked for TLS would be worse.
+    @Sendable private static func refuseTLS(_ file: WebConfigFile) throws {
+        guard file.settings.tls == nil else {
+            throw ConfigError(key: "tls_server_config",
+                              problem: "TLS is not available yet in tcptop-exporter (basic auth and headers are); "
+                                  + "remove tls_server_config, or terminate TLS in front of the exporter",
+                              source: "web config")
+        }
     }
 
     static func loadConfig(_ options: Options) throws -> ExporterConfig {
@@ -72,6 +108,7 @@ public final class Daemon: Sendable {
         if let format = options.logFormat { config.log.format = format }
         if let mode = options.attachMode { config.bpf.attachMode = mode }
         if let path = options.readPath { config.bpf.readPath = path }
+        if let path = options.webConfigFile { config.web.configFile = path.isEmpty ? nil : path }
         return config
     }
 
@@ -190,8 +227,29 @@ public final class Daemon: Sendable {
         }
     }
 
+    /// Every path behind the web config's basic auth and headers (when a file is given).
     private func handler() -> HTTPHandler {
-        { [self] request in router.withLock { $0 }.handle(request) }
+        let routed: HTTPHandler = { [self] request in router.withLock { $0 }.handle(request) }
+        return securedHandler(routed, authenticator: authenticator) { [self] in
+            webConfig.withLock { $0 }?.settings ?? HTTPSecuritySettings()
+        }
+    }
+
+    /// A reload re-reads the web config file, or follows the one newly named.
+    /// Returns the path in force. Runs on `queue`.
+    private func reloadWebConfig(path: String?, previous: String?) -> String? {
+        guard path != previous else {
+            webConfig.withLock { $0 }?.check(force: true)
+            return path
+        }
+        do {
+            let watcher = try path.map { try Self.watchWebConfig(path: $0, log: log) }
+            webConfig.withLock { $0 = watcher }
+            return path
+        } catch {
+            log.error("reload: \(error); keeping the previous web config")
+            return previous
+        }
     }
 
     private func setRoutes(telemetryPath: String, collector: MetricsCollector) {
@@ -304,9 +362,12 @@ public final class Daemon: Sendable {
             collector.setClosedRetention(seconds: new.connections.closedRetention.inSeconds)
             startTimers(pollInterval: new.connections.pollInterval.inSeconds, collector: collector)
         }
+        new.web.configFile = reloadWebConfig(path: new.web.configFile, previous: config.web.configFile)
         var replacement = server
         var bindFailed = false
-        if new.web != config.web {
+        var listening = new.web, running = config.web
+        (listening.configFile, running.configFile) = (nil, nil)
+        if listening != running {
             // The new listeners are bound (an unchanged address shares the
             // running socket) and serving before the old ones stop, so an
             // address that stays never stops accepting; if one cannot be
@@ -317,7 +378,9 @@ public final class Daemon: Sendable {
                 replacement = bound
             } catch {
                 log.error("reload: \(Self.explained(error)); the previous listeners keep serving")
+                let followed = new.web.configFile  // the web config file is followed apart from the listeners
                 new.web = config.web
+                new.web.configFile = followed
                 bindFailed = true
             }
         }

@@ -23,6 +23,10 @@ struct ExporterCommand: ParsableCommand {
     @Option(name: .customLong("config.file"), help: "YAML configuration file; embedded defaults when absent.")
     var configFile: String?
 
+    @Option(name: .customLong("web.config.file"),
+            help: "exporter-toolkit web config file: basic auth users and headers (TLS not yet); followed while running. \"\" for none. (default: web.config_file)")
+    var webConfigFile: String?
+
     @Option(name: .customLong("bpf.attach-mode"),
             help: "Kernel hooks: auto, tp_btf, raw_tp, fexit or kprobe. (default: auto: the best the kernel allows)")
     var attachMode: String?
@@ -83,6 +87,7 @@ struct ExporterCommand: ParsableCommand {
         var options = Daemon.Options()
         options.configPath = configFile
         options.telemetryPath = telemetryPath
+        options.webConfigFile = webConfigFile
         options.logLevel = logLevel.flatMap(LogLevel.init(rawValue:))
         options.logFormat = logFormat.flatMap(LogFormat.init(rawValue:))
         options.attachMode = attachMode.flatMap(BPFAttachMode.init(rawValue:))

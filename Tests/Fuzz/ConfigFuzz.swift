@@ -1,5 +1,6 @@
 // libFuzzer target: the config reader, ExporterConfig.parse(yaml:), on any
-// bytes (read as the daemon reads a file: UTF-8, bad bytes replaced).
+// bytes (read as the daemon reads a file: UTF-8, bad bytes replaced), and
+// the web config reader, WebConfigFile.parse(yaml:), on the same bytes.
 // A config either parses to values within their bounds or throws a
 // ConfigError of one line; anything else (a trap, an ASan report, another
 // error type) is a crash and fails `make fuzz`. Built by Tests/Fuzz/run.sh.
@@ -20,7 +21,32 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     } catch {
         preconditionFailure("parse threw something other than a ConfigError: \(error)")
     }
+    do {
+        check(try WebConfigFile.parse(yaml: text))
+    } catch let error as ConfigError {
+        let line = error.description
+        precondition(line.utf8.starts(with: "web config: ".utf8), "a web config error without its prefix: \(line)")
+        precondition(!line.unicodeScalars.contains { [0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029].contains($0.value) },
+                     "a web config error of more than one line: \(line)")
+    } catch {
+        preconditionFailure("the web config parse threw something other than a ConfigError: \(error)")
+    }
     return 0
+}
+
+/// What the server and the authenticator later take as given.
+private func check(_ file: WebConfigFile) {
+    for (name, hash) in file.settings.basicAuthUsers {
+        // (Bcrypt lives in TCPTopHTTP, which this target does not import: its shape, then.)
+        precondition(!name.contains(":") && hash.utf8.count == 60 && hash.hasPrefix("$2"), "a user the authenticator cannot check: \(name)")
+    }
+    for (_, value) in file.settings.headers {
+        precondition(!value.isEmpty && !value.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "a header value that breaks the head")
+    }
+    if let tls = file.settings.tls {
+        precondition(!tls.certFile.isEmpty && !tls.keyFile.isEmpty && tls.minVersion <= tls.maxVersion)
+        precondition(!tls.clientAuth.verifies || tls.clientCAFile != nil)
+    }
 }
 
 /// What the daemon later converts without checking: every duration within

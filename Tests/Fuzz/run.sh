@@ -60,13 +60,24 @@ build_http_reply() {
         "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -o "$scratch/fuzz-http-reply"
 }
 
+# The objects of a target's current sources (a scratch path kept across
+# checkouts also holds those of files since removed).
+objects() {
+    local source
+    for source in Sources/"$1"/*.swift; do printf '%s ' "$scratch/debug/$1.build/$(basename "$source").o"; done
+}
+
 build_config() {
     set -e
     swift build --scratch-path "$scratch" --target TCPTopCore -Xswiftc "$sanitize" -Xcc -fsanitize=fuzzer-no-link,address
     local debug="$scratch/debug"
+    # TCPTopCore imports TCPTopHTTP (listen addresses, the web config's
+    # settings, bcrypt), which imports CTCPTop: its module map, objects and libraries too.
     swiftc $sanitize -parse-as-library -g -module-name FuzzConfig -I "$debug/Modules" \
-        Tests/Fuzz/ConfigFuzz.swift "$debug"/TCPTopCore.build/*.swift.o "$debug"/Yams.build/*.swift.o \
-        "$debug"/CYaml.build/src/*.o -o "$scratch/fuzz-config"
+        -Xcc -fmodule-map-file="$debug/CTCPTop.build/module.modulemap" \
+        Tests/Fuzz/ConfigFuzz.swift $(objects TCPTopCore) "$debug"/Yams.build/*.swift.o \
+        "$debug"/CYaml.build/src/*.o $(objects TCPTopHTTP) "$debug"/Logging.build/*.swift.o \
+        "$debug"/CTCPTop.build/shim.c.o -lbpf -lelf -lz -lsystemd -lcrypt -o "$scratch/fuzz-config"
 }
 
 status=0

@@ -30,7 +30,7 @@ import Testing
         #expect(try ExporterConfig.load(path: path) == ExporterConfig())
         let text = try String(contentsOfFile: path, encoding: .utf8)
         for key in ["web", "listen_addresses", "telemetry_path", "max_requests", "max_connections", "read_timeout", "write_timeout",
-                    "idle_timeout", "bpf", "map_capacity", "attach_mode", "read_path", "connections", "closed_retention", "poll_interval",
+                    "idle_timeout", "config_file", "bpf", "map_capacity", "attach_mode", "read_path", "connections", "closed_retention", "poll_interval",
                     "views", "prefix", "labels", "max_series", "log", "level", "format"] {
             #expect(text.contains("\(key):"), "the shipped file does not document \(key)")
         }
@@ -96,9 +96,9 @@ import Testing
         ("webb: {}",
          "config: webb: unknown key (known keys here: web, bpf, connections, views, log)"),
         ("web: {listen_address: ':1'}",
-         "config: web.listen_address: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout)"),
+         "config: web.listen_address: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout, config_file)"),
         ("web: [1]",
-         "config: web: must be a mapping with keys listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout, got a list"),
+         "config: web: must be a mapping with keys listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout, config_file, got a list"),
         ("[1, 2]",
          "config: must be a mapping with keys web, bpf, connections, views, log, got a list"),
         ("web: {listen_addresses: ':9435'}",
@@ -204,7 +204,7 @@ import Testing
         (#"web: {telemetry_path: "met\nrics"}"#, ##"config: web.telemetry_path: must be a path that starts with "/" and is not "/", without spaces, "?" or "#", got "met\nrics""##),
         ("'two\n\n  lines'", #"config: must be a mapping with keys web, bpf, connections, views, log, got "two\nlines""#),
         (#"connections: {poll_interval: "1s\r\u001b[2J\u2028"}"#, #"config: connections.poll_interval: must be a duration like 500ms, 30s, 5m, 1h or 1m30s, got "1s\r\u{1B}[2J\u{2028}""#),
-        (#"web: {"a\tb\u0085": 1}"#, #"config: web.a\tb\u{85}: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout)"#),
+        (#"web: {"a\tb\u0085": 1}"#, #"config: web.a\tb\u{85}: unknown key (known keys here: listen_addresses, telemetry_path, max_requests, max_connections, read_timeout, write_timeout, idle_timeout, config_file)"#),
     ])
     func controlCharactersInTheFileStayOnOneLine(yaml: String, message: String) {
         #expect {

@@ -103,9 +103,10 @@ if ! (cd "$root" && timeout -k 30 900 swift build -c release --static-swift-stdl
 fi
 figure "static build of the daemon: $(seconds_since "$started") s"
 binary="$root/.build-static/release/tcptop-exporter"
-# Only libraries a Debian system has from its own packages, no Swift runtime.
+# Only libraries a Debian system has from its own packages, no Swift runtime
+# (libcrypt.so.1, for bcrypt: perl-base, which is essential, pre-depends on it).
 needed=$(objdump -p "$binary" | awk '$1 == "NEEDED" { print $2 }' | sort | paste -sd' ' -)
-unexpected=$(tr ' ' '\n' <<<"$needed" | grep -Ev '^(libbpf|libelf|libz|libsystemd|libc|libm|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so\.[0-9.]+$')
+unexpected=$(tr ' ' '\n' <<<"$needed" | grep -Ev '^(libbpf|libelf|libz|libsystemd|libcrypt|libc|libm|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so\.[0-9.]+$')
 if [ -z "$unexpected" ]; then
     ok "daemon built with the Swift stdlib linked statically (needs only: $needed)"
 else

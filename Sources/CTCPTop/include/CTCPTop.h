@@ -7,6 +7,8 @@
 #include <bpf/btf.h>
 #include <systemd/sd-daemon.h>
 #include <zlib.h>
+/* libxcrypt (libcrypt-dev): bcrypt for basic auth, through crypt_ra. */
+#include <crypt.h>
 
 #include "../../../bpf/tcptop_maps.h"
 
