@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TCPTopHTTP
 import Testing
 
 /// The real daemon's listener under an idle flood and garbage.
@@ -47,22 +48,12 @@ struct ListenerFloodTests {
 
     /// Sends `bytes` to 127.0.0.1:`port` and reads until the server closes (at most 10 s).
     private func rawExchange(port: UInt16, bytes: [UInt8]) throws -> [UInt8] {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw PeerError(description: "connect: \(String(cString: strerror(errno)))") }
-        _ = send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL))
+        var options = HTTPClient.Options()
+        options.timeout = .seconds(10)
+        let connection = try HTTPClient(options: options).connect(host: "127.0.0.1", port: port)
+        try connection.send(bytes)
         var reply: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while case let count = recv(fd, &buffer, buffer.count, 0), count > 0 { reply += buffer[..<count] }
+        while case let piece = try connection.readSome(), !piece.isEmpty { reply += piece }
         return reply
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TCPTopCore
+import TCPTopHTTP
 import Testing
 
 /// `--web.config.file` on the real daemon, with curl and hashes from
@@ -143,12 +144,14 @@ struct WebConfigDaemonTests {
     /// `count` requests on one kept-alive connection; the daemon's CPU time
     /// (user + system, from /proc) and the wall time they took.
     private func requestCost(_ daemon: ExporterProcess, authorization: String?, count: Int, status: Int) throws -> (cpu: Double, wall: Double) {
-        let connection = try KeepAliveConnection(port: daemon.port)
-        let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (authorization.map { "Authorization: \($0)\r\n" } ?? "") + "\r\n"
-        _ = try connection.exchange(request)  // the one bcrypt, outside the measure
+        var options = HTTPClient.Options()
+        options.timeout = .seconds(10)
+        let connection = try HTTPClient(options: options).connect(host: "127.0.0.1", port: daemon.port)
+        let headers: HTTPHeaders = authorization.map { ["Authorization": $0] } ?? [:]
+        _ = try connection.request("GET", "/", headers: headers)  // the one bcrypt, outside the measure
         let cpuBefore = try cpuSeconds(daemon.process.processIdentifier), start = Date()
         for _ in 0..<count {
-            let answered = try connection.exchange(request)
+            let answered = try connection.request("GET", "/", headers: headers).status
             guard answered == status else { throw PeerError(description: "answered \(answered), expected \(status)") }
         }
         return (try cpuSeconds(daemon.process.processIdentifier) - cpuBefore, Date().timeIntervalSince(start))
@@ -192,51 +195,4 @@ func curl(_ arguments: [String]) -> (status: Int, headers: [String: String], bod
     }
     let status = head.first.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
     return (status, headers, String(result.stdout[split.upperBound...]))
-}
-
-/// One kept-alive HTTP/1.1 connection: request out, status and body (by Content-Length) in.
-final class KeepAliveConnection {
-    private let fd: Int32
-    private var pending: [UInt8] = []
-
-    init(port: UInt16) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw PeerError(description: "connect: \(String(cString: strerror(errno)))") }
-    }
-
-    deinit { close(fd) }
-
-    /// Sends `request`, reads one response; returns its status.
-    func exchange(_ request: String) throws -> Int {
-        let bytes = Array(request.utf8)
-        guard send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count else { throw PeerError(description: "send failed") }
-        var headEnd: Int?
-        while true {
-            if headEnd == nil, let range = pending.firstRange(of: Array("\r\n\r\n".utf8)) { headEnd = range.upperBound }
-            if let end = headEnd {
-                let head = String(decoding: pending[..<end], as: UTF8.self)
-                let length = head.components(separatedBy: "\r\n")
-                    .first { $0.lowercased().hasPrefix("content-length:") }
-                    .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
-                if pending.count >= end + length {
-                    pending.removeFirst(end + length)
-                    return Int(head.split(separator: " ")[1]) ?? 0
-                }
-            }
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            let count = recv(fd, &buffer, buffer.count, 0)
-            guard count > 0 else { throw PeerError(description: "connection ended: \(count == 0 ? "closed" : String(cString: strerror(errno)))") }
-            pending += buffer[0..<count]
-        }
-    }
 }
