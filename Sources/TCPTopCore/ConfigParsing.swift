@@ -17,19 +17,8 @@ extension ExporterConfig {
     /// Parses YAML strictly: unknown keys, wrong types and bad values throw a `ConfigError`.
     /// Keys left out keep their defaults; an empty document is all defaults.
     public static func parse(yaml: String) throws -> ExporterConfig {
-        // Yams composes nodes recursively: 10,000 nested "[" overflowed the
-        // stack (a segfault). No config nests past a handful.
-        guard nestingBound(yaml) <= maxNesting else {
-            throw ConfigError(key: "", problem: "invalid YAML: nested more than \(maxNesting) levels deep")
-        }
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: yaml)
-        } catch {
-            throw ConfigError(key: "", problem: "invalid YAML: \(oneLine(error))")
-        }
         var config = ExporterConfig()
-        guard let root else { return config }
+        guard let root = try composeBounded(yaml) else { return config }
         let top = try fields(of: root, at: "", known: ["web", "bpf", "connections", "views", "log"])
         if let web = top["web"] { config.web = try parseWeb(web) }
         if let bpf = top["bpf"] { config.bpf = try parseBPF(bpf) }
@@ -309,4 +298,18 @@ where Choice.RawValue == String {
 /// Error texts (Yams adds a source snippet on later lines) cut to their first line.
 func oneLine(_ error: Error) -> String {
     String(describing: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? "unknown error"
+}
+
+/// The YAML's root node (nil for an empty document), or a one-line error.
+/// Yams composes nodes recursively: 10,000 nested "[" overflowed the stack
+/// (a segfault), so depth is bounded first; no config nests past a handful.
+func composeBounded(_ yaml: String) throws -> Node? {
+    guard nestingBound(yaml) <= maxNesting else {
+        throw ConfigError(key: "", problem: "invalid YAML: nested more than \(maxNesting) levels deep")
+    }
+    do {
+        return try Yams.compose(yaml: yaml)
+    } catch {
+        throw ConfigError(key: "", problem: "invalid YAML: \(oneLine(error))")
+    }
 }

@@ -45,17 +45,8 @@ public struct WebConfigFile: Equatable, Sendable {
 }
 
 private func parseDocument(_ yaml: String, directory: String) throws -> WebConfigFile {
-    guard nestingBound(yaml) <= maxNesting else {
-        throw ConfigError(key: "", problem: "invalid YAML: nested more than \(maxNesting) levels deep")
-    }
-    let root: Node?
-    do {
-        root = try Yams.compose(yaml: yaml)
-    } catch {
-        throw ConfigError(key: "", problem: "invalid YAML: \(oneLine(error))")
-    }
     var file = WebConfigFile()
-    guard let root else { return file }
+    guard let root = try composeBounded(yaml) else { return file }
     let top = try webFields(of: Field(node: root, key: ""), known: ["tls_server_config", "http_server_config", "basic_auth_users"],
                             unsupported: ["rate_limit": "exporter-toolkit's rate limiter; web.max_requests bounds concurrent requests"])
     if let field = top["tls_server_config"] {
