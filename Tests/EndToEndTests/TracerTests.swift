@@ -76,7 +76,21 @@ struct TracerTests {
         if !readBetween && plan.readPath == .storageIterator {
             // Without reads in between, some final counts found the closed map
             // full. (The socket hash keeps them in place instead, until read.)
-            #expect(after.unattributed.closesNotRecorded > before.unattributed.closesNotRecorded)
+            // That needs our sockets to get the one storage slot: a long-lived
+            // socket of a suite running beside this one (an idle flood's
+            // tricklers, a stuck scrape) can hold it for seconds, so the
+            // exchanges are repeated, within a bound, until closes overflowed.
+            var notRecorded = after.unattributed.closesNotRecorded - before.unattributed.closesNotRecorded
+            let deadline = Date().addingTimeInterval(30)
+            while notRecorded == 0 && Date() < deadline {
+                let start = try tracer.read().unattributed.closesNotRecorded
+                for index in 0..<6 {
+                    _ = try TrafficPeers.exchange(family: "4", clientName: "tt-full-c", serverName: "tt-full-s",
+                                                  clientSends: 10, serverSends: 10, seed: 100 + index)
+                }
+                notRecorded = try tracer.read().unattributed.closesNotRecorded - start
+            }
+            #expect(notRecorded > 0, "no close found the closed map full in 30 s")
         }
     }
 
