@@ -47,8 +47,10 @@ import TCPTopHTTP
         let growth = during - before
         print("20 stuck scrapes of \(text.count / 1024) KiB each: RSS \(before >> 20) → \(during >> 20) MiB (+\(growth >> 10) KiB)")
         // Holding each text would be 20 × the text; streamed, each holds a
-        // piece and a snapshot of the sums. The bound: a quarter of one text each.
-        #expect(growth < 20 * text.count / 4, "RSS grew by \(growth) bytes with 20 stuck clients of \(text.count)-byte scrapes")
+        // piece and a snapshot of the sums (here ~8 MiB in all). The bound:
+        // half of one text each, as the daemon also counts the sockets of
+        // the suites running beside this one, and its registry grows with them.
+        #expect(growth < 20 * text.count / 2, "RSS grew by \(growth) bytes with 20 stuck clients of \(text.count)-byte scrapes")
         withExtendedLifetime(stuck) {}
     }
 

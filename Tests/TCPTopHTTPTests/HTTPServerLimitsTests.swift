@@ -27,14 +27,6 @@ import Testing
         return server
     }
 
-    private func waitFor(_ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool) throws {
-        let deadline = ContinuousClock.now + timeout
-        while !condition() {
-            guard ContinuousClock.now < deadline else { throw TestClient.Failure.timedOut }
-            usleep(5_000)
-        }
-    }
-
     @Test func scrapeAnswersFastWhileTenThousandConnectionsSitIdleOrTrickle() throws {
         let server = try makeServer()
         defer { server.stop() }

@@ -197,7 +197,9 @@ import Testing
         defer { server.stop() }
         let port = server.boundAddresses[0].port
         let holder = try TestClient(host: "127.0.0.1", port: port)
-        #expect(try holder.get("/").status == 200)  // Now surely accepted, and idle.
+        #expect(try holder.get("/").status == 200)
+        // Idle once the worker handed it back (the client may see the answer a moment before).
+        try waitFor("1 connection, none being answered") { server.connectionCount == 1 && server.requestsInFlight == 0 }
 
         // The idle kept-alive connection is closed to make room (it was 503 for the newcomer before).
         let extra = try TestClient(host: "127.0.0.1", port: port)

@@ -153,3 +153,12 @@ struct Case<Expected: Sendable>: Sendable, CustomTestStringConvertible {
 func gunzip(_ data: [UInt8]) -> [UInt8]? {
     try? HTTPGunzip.inflate(data, maxBytes: 1 << 30)
 }
+
+/// Waits, at most `timeout`, until `condition` holds (checked every 5 ms).
+func waitFor(_ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool) throws {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        guard ContinuousClock.now < deadline else { throw TestClient.Failure.timedOut }
+        usleep(5_000)
+    }
+}
