@@ -165,17 +165,27 @@ final class HTTPEventLoop {
         if case .tls(let session) = slot.transport, !session.handshakeDone {
             guard handshake(fd, session) else { return }
         }
-        var count = 0
-        repeat {  // TLS: a record larger than the scratch buffer leaves the rest decrypted in OpenSSL
+        // One read, as epoll is level-triggered; TLS reads on while OpenSSL
+        // holds bytes epoll cannot see (the rest of a record, say).
+        var received = false
+        reading: while true {
             switch scratch.withUnsafeMutableBytes({ slot.transport.receive(into: $0) }) {
-            case .transferred(let received): count = received
-            case .wantRead: return waitFor(fd, write: false)
-            case .wantWrite: return waitFor(fd, write: true)
+            case .transferred(let count):
+                slots[fd]!.buffer.append(contentsOf: scratch[..<count])
+                received = true
+                waitFor(fd, write: false)
+                if !slot.transport.hasPendingBytes { break reading }
+            case .wantRead:
+                waitFor(fd, write: false)
+                if received { break reading } else { return }
+            case .wantWrite:
+                waitFor(fd, write: true)
+                if received { break reading } else { return }
             case .closed, .error, .failed: return closeConnection(fd)  // end of stream, reset, or a TLS failure
             }
-            slots[fd]!.buffer.append(contentsOf: scratch[..<count])
-        } while slot.transport.hasPendingBytes
-        waitFor(fd, write: false)
+            // A flood of records must not starve the other connections: the head limit ends it.
+            if slots[fd]!.buffer.count > configuration.maxHeadSize + configuration.maxDiscardedBodySize { break }
+        }
         switch slot.phase {
         case .lingering, .busy: break
         case .idle, .awaitingHead:

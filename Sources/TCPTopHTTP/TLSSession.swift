@@ -72,8 +72,9 @@ final class TLSSession: @unchecked Sendable {
         return outcome(result)
     }
 
-    /// Bytes decrypted and not yet read (a record larger than the last read's buffer).
-    var pending: Bool { SSL_pending(ssl) > 0 }
+    /// Bytes OpenSSL holds and epoll cannot see: decrypted and not yet
+    /// read, or received and not yet decrypted.
+    var pending: Bool { SSL_has_pending(ssl) == 1 }
 
     /// close_notify, without waiting: the peer can tell our end from a cut.
     func sendCloseNotify() {

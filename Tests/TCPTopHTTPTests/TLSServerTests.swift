@@ -86,6 +86,45 @@ import Testing
         }
     }
 
+    /// Streamed bodies go through TLS like plain ones: chunked and gzip on a
+    /// kept-alive connection (two requests pipelined in one write), and
+    /// ended by the close (after close_notify) for HTTP/1.0; curl agrees.
+    @Test func streamedPipelinedAndCloseDelimitedBodiesOverTLS() throws {
+        let pki = try Self.pki.get()
+        let pieces = (0..<3000).map { Array("piece \($0) of a streamed body\n".utf8) }
+        let whole = pieces.flatMap { $0 }
+        let context = try TLSServerContext(try settings())
+        var configuration = HTTPServer.Configuration()
+        configuration.security = { .tls(context) }
+        var router = HTTPRouter()
+        router.get("/stream") { _ in .stream { sink in for piece in pieces { try sink(piece[...]) } } }
+        let server = try HTTPServer(listenAddresses: [ListenAddress(host: "127.0.0.1", port: 0)], configuration: configuration)
+        server.start(handler: router.handler)
+        defer { server.stop() }
+        let port = server.boundAddresses[0].port
+
+        var options = HTTPClient.Options()
+        options.tls = try TLSClientContext(TLSClientSettings(caFile: pki.path("ca.crt")))
+        options.acceptGzip = true
+        let connection = try HTTPClient(options: options).connect(host: "127.0.0.1", port: port, tls: true)
+        try connection.send("GET /stream HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\nGET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        let gzipped = try connection.readReply()
+        #expect(gzipped.headers["Transfer-Encoding"] == "chunked" && gzipped.headers["Content-Encoding"] == "gzip")
+        #expect(gzipped.body == whole)
+        let plain = try connection.readReply()
+        #expect(plain.headers["Content-Encoding"] == nil && plain.body == whole)
+
+        let old = try HTTPClient(options: options).connect(host: "127.0.0.1", port: port, tls: true)
+        try old.send("GET /stream HTTP/1.0\r\nHost: t\r\n\r\n")
+        let closeDelimited = try old.readReply()
+        #expect(closeDelimited.headers["Content-Length"] == nil && closeDelimited.body == whole)
+        #expect(!closeDelimited.keepsConnectionOpen)
+
+        let output = runTool("/usr/bin/curl", ["-sS", "--compressed", "--max-time", "10", "--cacert", pki.path("ca.crt"),
+                                               "https://127.0.0.1:\(port)/stream"])
+        #expect(output.status == 0 && Array(output.stdout.utf8) == whole, "\(output.stderr)")
+    }
+
     @Test func versionsCiphersAndCurvesAreApplied() throws {
         let only13 = try server(try settings { $0.minVersion = .tls13 })
         defer { only13.stop() }

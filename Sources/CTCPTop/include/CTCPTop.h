@@ -61,7 +61,7 @@ int tcptop_deflate_init_gzip(z_stream *stream, int level);
  * option bits, ERR_GET_REASON). Each returns what the macro returns. */
 int tcptop_ssl_ctx_set_proto_versions(SSL_CTX *ctx, int min_version, int max_version);
 int tcptop_ssl_ctx_set_groups(SSL_CTX *ctx, const char *groups);
-/* Partial and moving-buffer writes, no renegotiation; `server_preference`:
+/* Partial and moving-buffer writes, buffers released when idle, no renegotiation; `server_preference`:
  * the server's cipher order wins. */
 void tcptop_ssl_ctx_set_defaults(SSL_CTX *ctx, int server_preference);
 int tcptop_ssl_set_host_name(SSL *ssl, const char *name);
