@@ -20,10 +20,27 @@ struct TLSDaemonTests {
         return path
     }
 
+    /// A daemon that sent READY=1. The free port is only free when asked:
+    /// with the suites in parallel, a client may take it (as its ephemeral
+    /// port) before the daemon binds it; then another port is tried.
+    private func readyDaemon(_ arguments: [String]) throws -> ExporterProcess {
+        for _ in 0..<2 {
+            let daemon = try ExporterProcess(arguments: arguments)
+            do {
+                try daemon.waitReady()
+                return daemon
+            } catch where daemon.log.contains("Address already in use") {
+                continue
+            }
+        }
+        let daemon = try ExporterProcess(arguments: arguments)
+        try daemon.waitReady()
+        return daemon
+    }
+
     @Test func curlOverTLS12And13WithBasicAuthGetsExactBytes() throws {
         let pki = try Self.pki.get()
-        let daemon = try ExporterProcess(arguments: ["--web.config.file", try tlsWebConfig(pki)])
-        try daemon.waitReady()
+        let daemon = try readyDaemon(["--web.config.file", try tlsWebConfig(pki)])
         #expect(daemon.log.contains("msg=\"web config loaded\"") && daemon.log.contains("tls=\"TLS12-TLS13 NoClientCert\""), "\(daemon.log)")
         let exchange = try TrafficPeers.exchange(family: "4", clientName: "tt-tls-c", serverName: "tt-tls-s",
                                                  clientSends: 234_567, serverSends: 8_901)
@@ -56,8 +73,7 @@ struct TLSDaemonTests {
 
         let pki = try Self.pki.get()
         let web = try tlsWebConfig(pki)
-        let daemon = try ExporterProcess(arguments: ["--web.config.file", web])
-        try daemon.waitReady()
+        let daemon = try readyDaemon(["--web.config.file", web])
         try (try webConfigText(users: [:])).write(toFile: web, atomically: true, encoding: .utf8)
         let url = "https://127.0.0.1:\(daemon.port)/metrics"
         #expect(curl(["--cacert", pki.path("ca.crt"), "-u", "alice:\(Self.password)", url]).status == 200, "still TLS, still the user")
@@ -81,8 +97,7 @@ struct TLSDaemonTests {
     /// basic_auth.password_file) and stores the exact bytes of an exchange.
     @Test func prometheusScrapesOverTLSWithBasicAuth() throws {
         let pki = try Self.pki.get()
-        let daemon = try ExporterProcess(arguments: ["--web.config.file", try tlsWebConfig(pki)])
-        try daemon.waitReady()
+        let daemon = try readyDaemon(["--web.config.file", try tlsWebConfig(pki)])
         let exchange = try TrafficPeers.exchange(family: "4", clientName: "tt-prom-c", serverName: "tt-prom-s",
                                                  clientSends: 345_678, serverSends: 9_012)
         let prometheus = try PrometheusProcess(target: "127.0.0.1:\(daemon.port)", caFile: pki.path("ca.crt"),

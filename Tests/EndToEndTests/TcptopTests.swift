@@ -145,7 +145,7 @@ struct TcptopTests {
         try daemon.waitReady()
         let url = "https://127.0.0.1:\(daemon.port)/metrics"
         let viewed = try TcptopRun(["--from", url, "--ca-file", pki.path("ca.crt"), "--user", "viewer", "--password-file", passwordFile,
-                                    "-C", "1", "3"], asNobody: true)
+                                    "-C", "1", "5"], asNobody: true)
         try viewed.waitForTracing()
         let exchange = try TrafficPeers.exchange(
             family: "4", clientName: "tt-tls-cli", serverName: "tt-tls-srv",

@@ -197,7 +197,11 @@ import Testing
         defer { server.stop() }
         let port = server.boundAddresses[0].port
         let holder = try TestClient(host: "127.0.0.1", port: port)
-        #expect(try holder.get("/").status == 200)  // Now surely accepted, and idle.
+        #expect(try holder.get("/").status == 200)  // Now surely accepted.
+        // And idle once the worker handed it back (the response can reach the
+        // client first: under load, the newcomer then found it busy and got 503).
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.requestsInFlight > 0, ContinuousClock.now < deadline { usleep(1_000) }
 
         // The idle kept-alive connection is closed to make room (it was 503 for the newcomer before).
         let extra = try TestClient(host: "127.0.0.1", port: port)
