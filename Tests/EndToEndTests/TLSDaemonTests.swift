@@ -80,6 +80,45 @@ struct TLSDaemonTests {
         #expect(daemon.log.contains("web config: tls_server_config: TLS cannot be turned off while running; restart tcptop-exporter; keeping the previous web config"))
     }
 
+    /// A certificate renewed on disk is served by the running daemon from
+    /// the next connection on (the serial as `openssl s_client` sees it); a
+    /// broken one keeps the previous and is logged once.
+    @Test func aRenewedCertificateIsServedWithoutARestart() throws {
+        let pki = try Self.pki.get()
+        let directory = pki.path("renewal-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        func issue(serial: String) throws {
+            let made = run("/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                                                "-days", "2", "-subj", "/CN=localhost", "-CA", pki.path("ca.crt"), "-CAkey", pki.path("ca.key"),
+                                                "-set_serial", serial, "-addext", "subjectAltName=IP:127.0.0.1",
+                                                "-keyout", directory + "/new.key", "-out", directory + "/new.crt"], timeout: 30)
+            guard made.status == 0 else { throw PeerError(description: "openssl: \(made.stderr)") }
+            // The key first: until the certificate follows, the pair does not match and the previous one stays.
+            guard rename(directory + "/new.key", directory + "/server.key") == 0,
+                  rename(directory + "/new.crt", directory + "/server.crt") == 0 else { throw PeerError(description: "rename failed") }
+        }
+        try issue(serial: "0x0A01")
+        let web = directory + "/web-config.yml"
+        try "tls_server_config: {cert_file: server.crt, key_file: server.key}\n".write(toFile: web, atomically: true, encoding: .utf8)
+        let daemon = try readyDaemon(["--web.config.file", web])
+        func servedSerial() -> String {
+            let shown = run("/bin/sh", ["-c", "openssl s_client -connect 127.0.0.1:\(daemon.port) -CAfile \(pki.path("ca.crt")) </dev/null 2>/dev/null"
+                                            + " | openssl x509 -noout -serial"], timeout: 20)
+            return shown.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #expect(servedSerial() == "serial=0A01")
+        try issue(serial: "0x0B02")
+        #expect(servedSerial() == "serial=0B02", "the next connection, no restart, no SIGHUP")
+        #expect(curl(["--cacert", pki.path("ca.crt"), "https://127.0.0.1:\(daemon.port)/"]).status == 200)
+        #expect(daemon.log.contains("msg=\"TLS certificate reloaded\""))
+
+        try "garbage\n".write(toFile: directory + "/server.crt", atomically: true, encoding: .utf8)
+        for _ in 0..<3 { #expect(servedSerial() == "serial=0B02", "the previous certificate stays") }
+        let kept = daemon.log.split(separator: "\n").filter { $0.contains("new connections keep the previous certificate") }
+        #expect(kept.count == 1, "one line: \(kept)")
+        #expect(kept.first?.contains("TLS: cert_file \(directory)/server.crt: ") == true, "\(kept)")
+    }
+
     /// The format check with TLS: the very file starts node_exporter, which then serves TLS and asks for the user.
     @Test func theSameFileStartsNodeExporterWithTLS() throws {
         let pki = try Self.pki.get()
