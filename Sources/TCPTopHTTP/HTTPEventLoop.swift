@@ -2,8 +2,9 @@ import CTCPTop
 import Glibc
 
 /// The server's one event-loop thread: accepts on every listener, drives
-/// TLS handshakes, reads and parses request heads, keeps every connection's deadline, answers bad
-/// requests itself, and hands complete ones to the workers. Everything here
+/// TLS handshakes, reads and parses request heads, keeps every
+/// connection's deadline, answers bad requests itself, and hands complete
+/// ones to the workers. Everything here
 /// belongs to that thread; workers talk to it through the server (a queue
 /// and the wake eventfd).
 final class HTTPEventLoop {
@@ -206,18 +207,17 @@ final class HTTPEventLoop {
         case .wantRead: waitFor(fd, write: false)
         case .wantWrite: waitFor(fd, write: true)
         case .closed, .error: closeConnection(fd)
-        case .failed where !session.peerSentPlainHTTP:
+        case .failed:
             // OpenSSL wrote its alert (a refused certificate, no common
             // version); lingering, not closing, lets the client read it
             // rather than a reset.
+            if session.peerSentPlainHTTP {
+                let text = "Client sent an HTTP request to an HTTPS server.\n"
+                sendNow(.plain(fd), Array(("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    + "Content-Length: \(text.utf8.count)\r\nConnection: close\r\n\r\n" + text).utf8))
+            }
+            waitFor(fd, write: false)  // lingering reads
             shutdown(fd, Int32(SHUT_WR))
-            enter(fd, .lingering, deadline: monotonicNanoseconds() + Self.lingerTime)
-        case .failed:
-            let text = "Client sent an HTTP request to an HTTPS server.\n"
-            sendNow(.plain(fd), Array(("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                + "Content-Length: \(text.utf8.count)\r\nConnection: close\r\n\r\n" + text).utf8))
-            shutdown(fd, Int32(SHUT_WR))
-            slots[fd]!.buffer = []
             enter(fd, .lingering, deadline: monotonicNanoseconds() + Self.lingerTime)
         }
         return false

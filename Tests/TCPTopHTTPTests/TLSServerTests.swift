@@ -290,6 +290,29 @@ import Testing
         #expect(garbage.isClosedByPeer(within: .seconds(1)))
     }
 
+    /// The loop's own answers go through TLS too: 400 at once for a bad
+    /// head, 408 for a head that stops midway.
+    @Test func badAndSlowHeadsOverTLSGetTheLoopsAnswers() throws {
+        let pki = try Self.pki.get()
+        let server = try server({ [context = try TLSServerContext(try settings())] in .tls(context) }) {
+            $0.headReadTimeout = .milliseconds(500)
+        }
+        defer { server.stop() }
+        var options = HTTPClient.Options()
+        options.tls = try TLSClientContext(TLSClientSettings(caFile: pki.path("ca.crt")))
+        let port = server.boundAddresses[0].port
+        let bad = try HTTPClient(options: options).connect(host: "127.0.0.1", port: port, tls: true)
+        try bad.send("GET / HTTP/1.1\r\nHost t\r\n\r\n")
+        let start = ContinuousClock.now
+        let badReply = try bad.readReply()
+        #expect(badReply.status == 400 && ContinuousClock.now - start < .milliseconds(400), "at once, not at the deadline")
+        #expect(bad.isClosedByPeer(within: .seconds(2)))
+
+        let slow = try HTTPClient(options: options).connect(host: "127.0.0.1", port: port, tls: true)
+        try slow.send("GET /metrics HTTP/1.1\r\nHost: t\r\n")
+        #expect(try slow.readReply().status == 408)
+    }
+
     /// The closing note's figures: the handshake on loopback, and one
     /// 1,000-series scrape over TLS against plain HTTP (medians).
     @Test func handshakeAndScrapeFigures() throws {
