@@ -84,7 +84,7 @@ while [ $SECONDS -lt $end ] && kill -0 "$daemon_pid" 2>/dev/null; do
 done
 wait $(jobs -p | grep -v "^$daemon_pid$") 2>/dev/null
 # The scrapes were served over TLS all along, with the last certificate.
-served=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "${tls[@]}" "https://127.0.0.1:$port/metrics")
+served=$(curl -s -m 5 -o /dev/null -w "%{http_code}" "${tls[@]}" "https://127.0.0.1:$port/")  # / in both variants
 kill -TERM "$daemon_pid" 2>/dev/null
 status=""
 for _ in $(seq 100); do
