@@ -7,7 +7,7 @@
 PREFIX ?= /usr/local
 SWIFT ?= swift
 # Debian packages the build and the tests need (clang comes with the Swift toolchain).
-DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev libcrypt-dev bpftool prometheus python3 curl util-linux \
+DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev libcrypt-dev libssl-dev bpftool prometheus python3 curl util-linux \
 	apache2-utils python3-bcrypt prometheus-node-exporter openssl \
 	systemd-container mmdebstrap binutils e2fsprogs qemu-system-x86 qemu-utils
 

@@ -14,11 +14,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
-        // The one place where C is declared: libbpf, libsystemd, zlib, libcrypt and a tiny shim.
+        // The one place where C is declared: libbpf, libsystemd, zlib, libcrypt, OpenSSL and a tiny shim.
         .target(
             name: "CTCPTop",
             linkerSettings: [
                 .linkedLibrary("bpf"), .linkedLibrary("elf"), .linkedLibrary("z"), .linkedLibrary("systemd"), .linkedLibrary("crypt"),
+                .linkedLibrary("ssl"), .linkedLibrary("crypto"),
             ]
         ),
         // Compiles bpf/*.bpf.c with clang -target bpf and embeds the object into TCPTopBPF.

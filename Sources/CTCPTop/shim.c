@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <string.h>
+#include <arpa/inet.h>
 
 static tcptop_log_fn current_logger;
 
@@ -121,3 +123,59 @@ int tcptop_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int tim
 int tcptop_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
 int tcptop_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+int tcptop_ssl_ctx_set_proto_versions(SSL_CTX *ctx, int min_version, int max_version)
+{
+	return SSL_CTX_set_min_proto_version(ctx, min_version) && SSL_CTX_set_max_proto_version(ctx, max_version);
+}
+
+int tcptop_ssl_ctx_set_groups(SSL_CTX *ctx, const char *groups) { return (int)SSL_CTX_set1_groups_list(ctx, groups); }
+
+void tcptop_ssl_ctx_set_defaults(SSL_CTX *ctx, int server_preference)
+{
+	/* Release buffers: an idle kept-alive connection then holds no 34 KB of them. */
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | (server_preference ? SSL_OP_CIPHER_SERVER_PREFERENCE : 0));
+}
+
+int tcptop_ssl_set_host_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
+
+int tcptop_ssl_error_is_http_request(unsigned long error)
+{
+	return ERR_GET_LIB(error) == ERR_LIB_SSL && ERR_GET_REASON(error) == SSL_R_HTTP_REQUEST;
+}
+
+size_t tcptop_x509_sans(X509 *cert, char *out, size_t size)
+{
+	GENERAL_NAMES *names = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+	size_t used = 0;
+	for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+		const GENERAL_NAME *name = sk_GENERAL_NAME_value(names, i);
+		char text[INET6_ADDRSTRLEN];
+		const char *data = NULL;
+		size_t length = 0;
+		if (name->type == GEN_DNS || name->type == GEN_EMAIL || name->type == GEN_URI) {
+			const ASN1_IA5STRING *string = name->type == GEN_DNS ? name->d.dNSName
+				: name->type == GEN_EMAIL ? name->d.rfc822Name : name->d.uniformResourceIdentifier;
+			data = (const char *)ASN1_STRING_get0_data(string);
+			length = (size_t)ASN1_STRING_length(string);
+			if (memchr(data, 0, length))
+				continue; /* an embedded NUL would forge a shorter name */
+		} else if (name->type == GEN_IPADD) {
+			int family = name->d.iPAddress->length == 4 ? AF_INET : name->d.iPAddress->length == 16 ? AF_INET6 : -1;
+			if (family < 0 || !inet_ntop(family, name->d.iPAddress->data, text, sizeof(text)))
+				continue;
+			data = text;
+			length = strlen(text);
+		} else {
+			continue;
+		}
+		if (used + length + 1 > size)
+			continue;
+		memcpy(out + used, data, length);
+		out[used + length] = 0;
+		used += length + 1;
+	}
+	GENERAL_NAMES_free(names);
+	return used;
+}

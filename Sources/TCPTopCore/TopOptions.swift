@@ -1,3 +1,5 @@
+import TCPTopHTTP
+
 /// The command line of `tcptop`: bcc's options and meaning (`[-h] [-C] [-S]
 /// [-p PID] [interval] [count]`), libbpf-tools' extras (`-4`, `-6`, `-r`,
 /// `-s`, `-c`) and `--from URL`. Parsed by hand, argparse-style (`-CS`,
@@ -26,6 +28,12 @@ public struct TopOptions: Equatable, Sendable {
     public var cgroupPath: String?
     /// Read a tcptop-exporter's metrics instead of tracing.
     public var fromURL: TopMetricsURL?
+    /// For an https:// --from: the CA file and client certificate.
+    public var fromTLS = TLSClientSettings()
+    /// Basic auth for --from: the user, and the file holding the password
+    /// (nil: the TCPTOP_PASSWORD environment variable).
+    public var fromUser: String?
+    public var fromPasswordFile: String?
 
     public init() {}
 }
@@ -70,6 +78,13 @@ public enum TopArguments {
                                 of tracing (no root needed); URL is
                                 [http://]host[:port][/path], port 9435 and path
                                 /metrics by default
+          --ca-file PATH        with an https:// URL: the CA that signs the
+                                exporter's certificate (default: the system's)
+          --cert-file PATH, --key-file PATH
+                                with an https:// URL: a client certificate
+          --user USER           basic auth user for --from; the password is read
+                                from --password-file PATH (its first line), else
+                                from the TCPTOP_PASSWORD environment variable
 
         Needs root (or CAP_BPF and CAP_PERFMON), except with --from.
         The screen is not cleared when stdout is not a terminal.
@@ -82,6 +97,7 @@ public enum TopArguments {
             tcptop -6 -s sent      # IPv6 only, sorted by bytes sent
             tcptop -c /sys/fs/cgroup/unified/system.slice   # only this cgroup
             tcptop --from http://db1:9435/metrics          # view a remote exporter
+            tcptop --from https://db1:9435 --ca-file ca.crt --user prometheus --password-file pw
 
         """
 
@@ -138,6 +154,11 @@ public enum TopArguments {
                 case "rows": options.rows = try rows(value("-r/--rows", attached: attached))
                 case "sort": options.sort = try sort(value("-s/--sort", attached: attached))
                 case "from": options.fromURL = try url(value("--from", attached: attached))
+                case "ca-file": options.fromTLS.caFile = try path(value("--ca-file", attached: attached), "--ca-file")
+                case "cert-file": options.fromTLS.certFile = try path(value("--cert-file", attached: attached), "--cert-file")
+                case "key-file": options.fromTLS.keyFile = try path(value("--key-file", attached: attached), "--key-file")
+                case "user": options.fromUser = try path(value("--user", attached: attached), "--user")
+                case "password-file": options.fromPasswordFile = try path(value("--password-file", attached: attached), "--password-file")
                 default: throw TopUsageError("unrecognized option \"--\(name)\" (see tcptop -h)")
                 }
                 continue
@@ -169,6 +190,19 @@ public enum TopArguments {
         options.family = ipv4 ? .ipv4 : ipv6 ? .ipv6 : nil
         if options.fromURL != nil && options.cgroupPath != nil {
             throw TopUsageError("-c/--cgroup cannot be used with --from (the exporter has no cgroup labels)")
+        }
+        let tlsGiven = options.fromTLS != TLSClientSettings()
+        if options.fromURL == nil, tlsGiven || options.fromUser != nil || options.fromPasswordFile != nil {
+            throw TopUsageError("--ca-file, --cert-file, --key-file, --user and --password-file go with --from")
+        }
+        if tlsGiven, options.fromURL?.isHTTPS == false {
+            throw TopUsageError("--ca-file, --cert-file and --key-file need an https:// --from URL")
+        }
+        if (options.fromTLS.certFile == nil) != (options.fromTLS.keyFile == nil) {
+            throw TopUsageError("--cert-file and --key-file go together")
+        }
+        if options.fromPasswordFile != nil, options.fromUser == nil {
+            throw TopUsageError("--password-file needs --user")
         }
         if positionals.count > 2 {
             throw TopUsageError("unexpected argument \"\(positionals[2])\" (usage: tcptop [options] [interval] [count])")
@@ -204,6 +238,11 @@ public enum TopArguments {
             throw TopUsageError("-s/--sort: invalid sort key \"\(text)\": must be all, sent or received")
         }
         return sort
+    }
+
+    private static func path(_ text: String, _ name: String) throws(TopUsageError) -> String {
+        guard !text.isEmpty else { throw TopUsageError("\(name): the value is empty") }
+        return text
     }
 
     private static func cgroup(_ text: String) throws(TopUsageError) -> String {

@@ -10,11 +10,13 @@ public struct TopMetricsURL: Equatable, Sendable, CustomStringConvertible {
     public var host: String
     public var port: UInt16
     public var path: String
+    public var isHTTPS: Bool
 
-    public init(host: String, port: UInt16 = WebConfig.defaultPort, path: String = "/metrics") {
+    public init(host: String, port: UInt16 = WebConfig.defaultPort, path: String = "/metrics", https: Bool = false) {
         self.host = host
         self.port = port
         self.path = path
+        isHTTPS = https
     }
 
     public init(parsing text: String) throws(TopUsageError) {
@@ -24,11 +26,11 @@ public struct TopMetricsURL: Equatable, Sendable, CustomStringConvertible {
         } catch {
             throw TopUsageError(error.description)
         }
-        self.init(host: url.host, port: url.port, path: url.path == "/" ? "/metrics" : url.path)
+        self.init(host: url.host, port: url.port, path: url.path == "/" ? "/metrics" : url.path, https: url.isHTTPS)
     }
 
     /// What the HTTP client is given.
-    public var httpURL: HTTPURL { HTTPURL(host: host, port: port, path: path) }
+    public var httpURL: HTTPURL { HTTPURL(host: host, port: port, path: path, https: isHTTPS) }
 
     public var description: String { httpURL.description }
 }

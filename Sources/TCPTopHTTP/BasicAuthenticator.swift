@@ -117,8 +117,27 @@ struct OutcomeCache: Sendable {
     }
 }
 
+/// The `Authorization` value a client sends for these credentials.
+public func basicAuthorization(user: String, password: String) -> String {
+    "Basic " + Base64.encode(Array("\(user):\(password)".utf8))
+}
+
 /// Standard base64 with padding (RFC 4648 §4), strictly: what `Basic` credentials use.
 enum Base64 {
+    static func encode(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var output: [UInt8] = []
+        for start in stride(from: 0, to: bytes.count, by: 3) {
+            let group = bytes[start..<min(start + 3, bytes.count)]
+            var word = UInt32(0)
+            for (index, byte) in group.enumerated() { word |= UInt32(byte) << (16 - 8 * UInt32(index)) }
+            for index in 0..<4 {
+                output.append(index <= group.count ? alphabet[Int((word >> (18 - 6 * UInt32(index))) & 63)] : UInt8(ascii: "="))
+            }
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+
     static func decode(_ text: String) -> [UInt8]? {
         let bytes = text.utf8
         guard bytes.count % 4 == 0 else { return nil }

@@ -22,6 +22,8 @@ public struct HTTPClient: Sendable {
         /// Polled every 100 ms while waiting; true ends the call with `.interrupted`
         /// (tcptop: a pending stop signal).
         public var interrupted: (@Sendable () -> Bool)?
+        /// For https:// URLs: the CA and client certificate (nil: the system's CAs, no client certificate).
+        public var tls: TLSClientContext?
 
         public init() {}
     }
@@ -32,11 +34,13 @@ public struct HTTPClient: Sendable {
         self.options = options
     }
 
-    /// A connection to the first address of `host` that accepts.
-    public func connect(host: String, port: UInt16, deadline: ContinuousClock.Instant? = nil)
+    /// A connection to the first address of `host` that accepts; with
+    /// `tls`, after a TLS handshake that verified the server's certificate
+    /// for `host` (against `options.tls`' CA).
+    public func connect(host: String, port: UInt16, tls: Bool = false, deadline: ContinuousClock.Instant? = nil)
         throws(HTTPClientError) -> HTTPClientConnection
     {
-        try HTTPClientConnection(host: host, port: port, options: options, deadline: deadline ?? .now + options.timeout)
+        try HTTPClientConnection(host: host, port: port, tls: tls, options: options, deadline: deadline ?? .now + options.timeout)
     }
 
     /// One request on a connection of its own (`Connection: close`).
@@ -44,7 +48,7 @@ public struct HTTPClient: Sendable {
         throws(HTTPClientError) -> HTTPClientReply
     {
         let deadline = ContinuousClock.now + options.timeout
-        let connection = try connect(host: url.host, port: url.port, deadline: deadline)
+        let connection = try connect(host: url.host, port: url.port, tls: url.isHTTPS, deadline: deadline)
         var headers = headers
         headers["Connection"] = "close"
         return try connection.request(method, url.path, headers: headers, body: body, deadline: deadline)
@@ -54,7 +58,7 @@ public struct HTTPClient: Sendable {
         try request("GET", url, headers: headers)
     }
 
-    /// `get` of `http://host[:port][/path]` (port 80 and path `/` by default).
+    /// `get` of `http[s]://host[:port][/path]` (port 80 or 443 and path `/` by default).
     public func get(url text: String, headers: HTTPHeaders = [:]) throws(HTTPClientError) -> HTTPClientReply {
         try get(HTTPURL(parsing: text), headers: headers)
     }
@@ -90,6 +94,8 @@ public struct HTTPClientError: Error, Equatable, Sendable, CustomStringConvertib
         case badReply
         case tooLarge
         case interrupted
+        /// The TLS handshake failed or the certificate was refused (either side).
+        case tls
     }
 
     public var kind: Kind

@@ -9,6 +9,12 @@ public final class HTTPClientConnection {
     public let options: HTTPClient.Options
     /// False once a reply ended the connection (close-delimited, `Connection: close`).
     public private(set) var isReusable = true
+    /// `TLSv1.3`, `TLSv1.2`; nil over plain HTTP.
+    public var tlsVersion: String? {
+        if case .tls(let session) = transport { return session.protocolVersion }
+        return nil
+    }
+    private let transport: HTTPTransport
 
     /// Bytes received and not yet consumed: `buffer[start...]`.
     private var buffer: [UInt8] = []
@@ -17,20 +23,45 @@ public final class HTTPClientConnection {
 
     private var authority: String { HTTPURL(host: host, port: port).authority }
 
-    convenience init(host: String, port: UInt16, options: HTTPClient.Options, deadline: ContinuousClock.Instant)
+    convenience init(host: String, port: UInt16, tls: Bool, options: HTTPClient.Options, deadline: ContinuousClock.Instant)
         throws(HTTPClientError)
     {
         let label = HTTPURL(host: host, port: port).authority
         let fd = try HTTPClientSocket.connect(host: host, port: port, label: label, options: options, deadline: deadline)
-        self.init(fd: fd, host: host, port: port, options: options)
+        var session: TLSSession?
+        if tls {
+            do {
+                session = try TLSSession(client: try options.tls ?? TLSClientContext(TLSClientSettings()), fd: fd, host: host)
+            } catch {
+                close(fd)
+                throw HTTPClientError(.tls, "TLS with \(label): \(error)")
+            }
+        }
+        self.init(fd: fd, host: host, port: port, options: options, transport: session.map { .tls($0) })
+        if let session { try handshake(session, deadline: deadline) }
     }
 
     /// Over a connected, non-blocking stream socket it then owns (the fuzz target uses a socketpair).
-    init(fd: Int32, host: String, port: UInt16, options: HTTPClient.Options) {
+    init(fd: Int32, host: String, port: UInt16, options: HTTPClient.Options, transport: HTTPTransport? = nil) {
         self.fd = fd
         self.host = host
         self.port = port
         self.options = options
+        self.transport = transport ?? .plain(fd)
+    }
+
+    private func handshake(_ session: TLSSession, deadline: ContinuousClock.Instant) throws(HTTPClientError) {
+        while true {
+            switch session.handshake() {
+            case .transferred: return
+            case .wantRead: try wait(for: POLLIN, until: deadline, doing: "in the TLS handshake")
+            case .wantWrite: try wait(for: POLLOUT, until: deadline, doing: "in the TLS handshake")
+            case .closed, .error: throw HTTPClientError(.tls, "TLS handshake with \(authority): the server closed the connection")
+            case .failed(let reason):
+                let refused = session.verifyProblem.map { " (server certificate: \($0))" } ?? ""
+                throw HTTPClientError(.tls, "TLS handshake with \(authority): \(reason)\(refused)")
+            }
+        }
     }
 
     deinit { close(fd) }
@@ -68,13 +99,13 @@ public final class HTTPClientConnection {
         let deadline = deadline ?? .now + options.timeout
         var offset = 0
         while offset < bytes.count {
-            let sent = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
-            if sent >= 0 {
-                offset += sent
-            } else if errno == EAGAIN || errno == EINTR {
-                try wait(for: POLLOUT, until: deadline, doing: "sending the request")
-            } else {
-                throw failure(errno, doing: "sending the request")
+            switch bytes.withUnsafeBytes({ transport.send(UnsafeRawBufferPointer(rebasing: $0[offset...])) }) {
+            case .transferred(let sent): offset += sent
+            case .wantWrite: try wait(for: POLLOUT, until: deadline, doing: "sending the request")
+            case .wantRead: try wait(for: POLLIN, until: deadline, doing: "sending the request")
+            case .closed: throw failure(EPIPE, doing: "sending the request")
+            case .error(let code): throw failure(code, doing: "sending the request")
+            case .failed(let reason): throw tlsFailure(reason, doing: "sending the request")
             }
         }
     }
@@ -172,16 +203,16 @@ public final class HTTPClientConnection {
         // Straight from the socket into the body: large scrapes are not copied twice.
         body.reserveCapacity(length)
         while body.count < length {
-            let count = recv(fd, &scratch, min(scratch.count, length - body.count), 0)
-            if count > 0 {
-                body += scratch[..<count]
-            } else if count == 0 {
+            let wanted = min(scratch.count, length - body.count)
+            switch scratch.withUnsafeMutableBytes({ transport.receive(into: UnsafeMutableRawBufferPointer(rebasing: $0[..<wanted])) }) {
+            case .transferred(let count): body += scratch[..<count]
+            case .closed:
                 isReusable = false
                 throw HTTPClientError(.closed, "reply cut short (\(body.count) of \(length) body bytes)")
-            } else if errno == EAGAIN || errno == EINTR {
-                try wait(for: POLLIN, until: deadline, doing: "reading the reply")
-            } else {
-                throw failure(errno, doing: "reading the reply")
+            case .error(let code): throw failure(code, doing: "reading the reply")
+            case .wantRead: try wait(for: POLLIN, until: deadline, doing: "reading the reply")
+            case .wantWrite: try wait(for: POLLOUT, until: deadline, doing: "reading the reply")
+            case .failed(let reason): throw tlsFailure(reason, doing: "reading the reply")
             }
         }
         return body
@@ -247,17 +278,18 @@ public final class HTTPClientConnection {
     /// Appends what the socket has (waiting for it); false at the end of the stream.
     private func fill(until deadline: ContinuousClock.Instant, doing what: String) throws(HTTPClientError) -> Bool {
         while true {
-            let count = recv(fd, &scratch, scratch.count, 0)
-            if count > 0 {
+            switch scratch.withUnsafeMutableBytes({ transport.receive(into: $0) }) {
+            case .transferred(let count):
                 buffer += scratch[..<count]
                 return true
-            }
-            if count == 0 {
+            case .closed:
                 isReusable = false
                 return false
+            case .error(let code): throw failure(code, doing: what)
+            case .wantRead: try wait(for: POLLIN, until: deadline, doing: what)
+            case .wantWrite: try wait(for: POLLOUT, until: deadline, doing: what)
+            case .failed(let reason): throw tlsFailure(reason, doing: what)
             }
-            guard errno == EAGAIN || errno == EINTR else { throw failure(errno, doing: what) }
-            try wait(for: POLLIN, until: deadline, doing: what)
         }
     }
 
@@ -281,6 +313,11 @@ public final class HTTPClientConnection {
         let kind: HTTPClientError.Kind = code == ECONNRESET || code == EPIPE ? .closed : .io(errno: code)
         let peer = what.hasPrefix("sending") ? "to \(authority)" : "from \(authority)"
         return HTTPClientError(kind, "\(what) \(peer): \(String(cString: strerror(code)))")
+    }
+
+    private func tlsFailure(_ reason: String, doing what: String) -> HTTPClientError {
+        isReusable = false
+        return HTTPClientError(.tls, "\(what) from \(authority): TLS: \(reason)")
     }
 
     private func headTooLarge() -> HTTPClientError {

@@ -5,6 +5,10 @@ import Glibc
 struct HTTPConnectionSlot {
     enum Phase { case awaitingHead, idle, busy, lingering }
     var phase: Phase
+    /// How its bytes move: plain, or through TLS (whose handshake the loop drives).
+    var transport: HTTPTransport
+    /// Waiting for the socket to be writable (a TLS handshake step), not readable.
+    var wantsWrite = false
     /// New with every phase; a deadline entry is void once its stamp is old.
     var stamp: UInt64
     /// Monotonic nanoseconds (see `monotonicNanoseconds`).

@@ -1,9 +1,10 @@
 import CTCPTop
 import Glibc
 
-/// The server's one event-loop thread: accepts on every listener, reads and
-/// parses request heads, keeps every connection's deadline, answers bad
-/// requests itself, and hands complete ones to the workers. Everything here
+/// The server's one event-loop thread: accepts on every listener, drives
+/// TLS handshakes, reads and parses request heads, keeps every
+/// connection's deadline, answers bad requests itself, and hands complete
+/// ones to the workers. Everything here
 /// belongs to that thread; workers talk to it through the server (a queue
 /// and the wake eventfd).
 final class HTTPEventLoop {
@@ -93,17 +94,31 @@ final class HTTPEventLoop {
                     return
                 }
             }
+            // The TLS context in force now: a rotated certificate is served from the next connection on.
+            let transport: HTTPTransport
+            switch configuration.security() {
+            case .plain: transport = .plain(fd)
+            case .tls(let context):
+                guard let session = TLSSession(server: context, fd: fd) else { close(fd); continue }
+                transport = .tls(session)
+            case .refuse:
+                close(fd)
+                continue
+            }
             // Connections answered meanwhile are idle now, and may be evicted.
             if slots.count >= configuration.maxConnections { takeFinished() }
             if slots.count >= configuration.maxConnections, !evictOne() {
-                // Every connection is being answered: nothing to give up for this one.
-                sendNow(fd, Array("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8))
+                // Every connection is being answered: nothing to give up for this one (TLS: no words before a handshake).
+                if !transport.isTLS {
+                    sendNow(transport, Array("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8))
+                }
                 close(fd)
                 continue
             }
             var nodelay: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &nodelay, socklen_t(MemoryLayout<Int32>.size))
-            slots[fd] = HTTPConnectionSlot(phase: .awaitingHead, stamp: 0, deadline: 0)
+            // A TLS handshake must be done within the head deadline too; it counts from the accept.
+            slots[fd] = HTTPConnectionSlot(phase: .awaitingHead, transport: transport, stamp: 0, deadline: 0)
             enter(fd, .awaitingHead, deadline: monotonicNanoseconds() + headTimeout)
             _ = tcptop_epoll_add(server.epollFD, fd, UInt32(TCPTOP_EPOLLIN))
         }
@@ -139,23 +154,81 @@ final class HTTPEventLoop {
 
     private func readable(_ fd: Int32) {
         guard let slot = slots[fd], slot.phase != .busy else { return }
-        let count = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return }
-        guard count > 0 else { return closeConnection(fd) }  // end of stream, or reset
-        switch slot.phase {
-        case .lingering:
+        if slot.phase == .lingering {
+            // Raw bytes, TLS or not: only their count matters.
+            let count = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return }
+            guard count > 0 else { return closeConnection(fd) }  // end of stream, or reset
             slots[fd]!.discarded += count
             if slots[fd]!.discarded > Self.lingerLimit { closeConnection(fd) }
+            return
+        }
+        if case .tls(let session) = slot.transport, !session.handshakeDone {
+            guard handshake(fd, session) else { return }
+        }
+        // One read, as epoll is level-triggered; TLS reads on while OpenSSL
+        // holds bytes epoll cannot see (the rest of a record, say).
+        var received = false
+        reading: while true {
+            switch scratch.withUnsafeMutableBytes({ slot.transport.receive(into: $0) }) {
+            case .transferred(let count):
+                slots[fd]!.buffer.append(contentsOf: scratch[..<count])
+                received = true
+                waitFor(fd, write: false)
+                if !slot.transport.hasPendingBytes { break reading }
+            case .wantRead:
+                waitFor(fd, write: false)
+                if received { break reading } else { return }
+            case .wantWrite:
+                waitFor(fd, write: true)
+                if received { break reading } else { return }
+            case .closed, .error, .failed: return closeConnection(fd)  // end of stream, reset, or a TLS failure
+            }
+            // A flood of records must not starve the other connections: the head limit ends it.
+            if slots[fd]!.buffer.count > configuration.maxHeadSize + configuration.maxDiscardedBodySize { break }
+        }
+        switch slot.phase {
+        case .lingering, .busy: break
         case .idle, .awaitingHead:
-            slots[fd]!.buffer.append(contentsOf: scratch[..<count])
             if !slot.received {
                 // The head deadline counts from the first byte of the request, and never restarts.
                 enter(fd, .awaitingHead, deadline: monotonicNanoseconds() + headTimeout)
                 slots[fd]!.received = true
             }
             process(fd)
-        case .busy: break
         }
+    }
+
+    /// One step of a TLS handshake; true once it is done. A client that
+    /// spoke plain HTTP is told so in plain HTTP (as Go's server does).
+    private func handshake(_ fd: Int32, _ session: TLSSession) -> Bool {
+        switch session.handshake() {
+        case .transferred: return true
+        case .wantRead: waitFor(fd, write: false)
+        case .wantWrite: waitFor(fd, write: true)
+        case .closed, .error: closeConnection(fd)
+        case .failed:
+            // OpenSSL wrote its alert (a refused certificate, no common
+            // version); lingering, not closing, lets the client read it
+            // rather than a reset.
+            if session.peerSentPlainHTTP {
+                let text = "Client sent an HTTP request to an HTTPS server.\n"
+                sendNow(.plain(fd), Array(("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    + "Content-Length: \(text.utf8.count)\r\nConnection: close\r\n\r\n" + text).utf8))
+            }
+            waitFor(fd, write: false)  // lingering reads
+            shutdown(fd, Int32(SHUT_WR))
+            enter(fd, .lingering, deadline: monotonicNanoseconds() + Self.lingerTime)
+        }
+        return false
+    }
+
+    /// The epoll interest of a connection the loop reads: readable, or
+    /// writable while a TLS step waits to write.
+    private func waitFor(_ fd: Int32, write: Bool) {
+        guard slots[fd] != nil, slots[fd]!.wantsWrite != write else { return }
+        slots[fd]!.wantsWrite = write
+        _ = tcptop_epoll_modify(server.epollFD, fd, UInt32(write ? TCPTOP_EPOLLOUT : TCPTOP_EPOLLIN))
     }
 
     /// Parses what `fd` sent: answers a bad head, waits for more of an
@@ -187,21 +260,22 @@ final class HTTPEventLoop {
         _ = tcptop_epoll_remove(server.epollFD, fd)  // the worker has it until it hands it back
         activeRequests += 1
         if activeRequests > workers { startWorker() }
-        server.jobs.submit(HTTPJob(fd: fd, stamp: slots[fd]!.stamp, request: request))
+        slots[fd]!.wantsWrite = false  // added back for reading when handed back
+        server.jobs.submit(HTTPJob(fd: fd, stamp: slots[fd]!.stamp, request: request, transport: slots[fd]!.transport))
     }
 
     /// The loop's own short answers: sent without waiting, then the connection lingers.
     private func answer(_ fd: Int32, _ response: HTTPResponse, to request: HTTPRequest?) {
         let (head, body) = HTTPResponseEncoder(gzipLevel: configuration.gzipLevel).encode(response, for: request, keepAlive: false)
-        sendNow(fd, head + body)
+        sendNow(slots[fd]!.transport, head + body)
         startLingering(fd)
     }
 
     /// Half-close, then read and drop what the peer still sends for a
     /// moment: closing with unread input makes the kernel send RST, which
     /// can destroy the response before the client reads it.
-    private func startLingering(_ fd: Int32) {
-        shutdown(fd, Int32(SHUT_WR))
+    private func startLingering(_ fd: Int32, halfClosed: Bool = false) {
+        if !halfClosed { slots[fd]!.transport.finishSending() }
         slots[fd]!.buffer = []
         enter(fd, .lingering, deadline: monotonicNanoseconds() + Self.lingerTime)
     }
@@ -215,7 +289,7 @@ final class HTTPEventLoop {
                 let request = job.request
                 let response = handler(request)
                 let keepAlive = request.wantsKeepAlive && !server.isStopping
-                let outcome = HTTPResponder(fd: job.fd, configuration: server.configuration, logger: server.logger)
+                let outcome = HTTPResponder(transport: job.transport, configuration: server.configuration, logger: server.logger)
                     .respond(response, to: request, keepAlive: keepAlive)
                 server.finished(HTTPFinished(fd: job.fd, stamp: job.stamp, outcome: outcome))
             }
@@ -239,7 +313,7 @@ final class HTTPEventLoop {
                 slots[fd] = nil
             case .linger:
                 _ = tcptop_epoll_add(server.epollFD, fd, UInt32(TCPTOP_EPOLLIN))
-                startLingering(fd)
+                startLingering(fd, halfClosed: true)
             case .keepAlive where cutAt != nil:
                 close(fd)
                 slots[fd] = nil

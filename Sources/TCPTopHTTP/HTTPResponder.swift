@@ -6,7 +6,7 @@ import Logging
 /// then the body whole or as it is produced (gzip streamed; chunked on a
 /// kept-alive connection, else ended by the close).
 struct HTTPResponder {
-    let fd: Int32
+    let transport: HTTPTransport
     let configuration: HTTPServer.Configuration
     let logger: Logger
 
@@ -21,7 +21,7 @@ struct HTTPResponder {
     }
 
     func respond(_ response: HTTPResponse, to request: HTTPRequest, keepAlive: Bool) -> Outcome {
-        let socket = HTTPSocket(fd: fd, deadline: .now + configuration.writeTimeout)
+        let socket = HTTPSocket(transport: transport, deadline: .now + configuration.writeTimeout)
         let encoder = HTTPResponseEncoder(gzipLevel: configuration.gzipLevel)
         switch response.body {
         case .bytes:
@@ -68,7 +68,7 @@ struct HTTPResponder {
     /// client sees the end at once); the loop lingers before closing it.
     private func finished(keepAlive: Bool) -> Outcome {
         if keepAlive { return .keepAlive }
-        shutdown(fd, Int32(SHUT_WR))
+        transport.finishSending()
         return .linger
     }
 }

@@ -39,8 +39,19 @@ public final class HTTPServer: Sendable {
         public var gzipLevel: Int32 = 1
         /// The kernel caps it at net.core.somaxconn (4096 by default).
         public var listenBacklog: Int32 = 4096
+        /// Asked at every accept: plain HTTP, or TLS with the context in force
+        /// now (so a rotated certificate is served from the next connection).
+        public var security: @Sendable () -> Security = { .plain }
 
         public init() {}
+    }
+
+    /// How a new connection is spoken to.
+    public enum Security: Sendable {
+        case plain
+        case tls(TLSServerContext)
+        /// TLS is asked for but no certificate ever loaded: the connection is closed, never served in clear.
+        case refuse
     }
 
     /// The addresses actually bound, with real ports (useful with port 0).

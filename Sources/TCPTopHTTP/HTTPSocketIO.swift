@@ -3,8 +3,9 @@ import Glibc
 /// Blocking-style writes on a non-blocking socket, for the worker that
 /// answers a request: every wait is a poll() bounded by the response's
 /// deadline, so no client can hold a worker longer than the write timeout.
+/// Plain or TLS alike (TLS may need the socket readable to write).
 struct HTTPSocket {
-    let fd: Int32
+    let transport: HTTPTransport
     let deadline: ContinuousClock.Instant
 
     /// The client is gone, or did not take the response before the deadline.
@@ -12,19 +13,17 @@ struct HTTPSocket {
         var description: String { "the client went away or did not read in time" }
     }
 
-    /// Sends all of `bytes`. MSG_NOSIGNAL: a peer that went away must yield
-    /// EPIPE, not a SIGPIPE that kills the daemon. `more`: more follows at once.
+    /// Sends all of `bytes`. `more`: more follows at once.
     func write(_ bytes: [UInt8], more: Bool = false) throws(WriteFailed) {
-        let flags = Int32(MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0)
         var offset = 0
         let written = bytes.withUnsafeBytes { raw -> Bool in
             while offset < raw.count {
-                let sent = send(fd, raw.baseAddress! + offset, raw.count - offset, flags)
-                if sent >= 0 { offset += sent; continue }
-                switch errno {
-                case EINTR: continue
-                case EAGAIN, EWOULDBLOCK: guard waitWritable() else { return false }
-                default: return false
+                // After a wait, TLS retries the same bytes (offset unchanged), as OpenSSL requires.
+                switch transport.send(UnsafeRawBufferPointer(rebasing: raw[offset...]), more: more) {
+                case .transferred(let sent): offset += sent
+                case .wantWrite: guard wait(for: POLLOUT) else { return false }
+                case .wantRead: guard wait(for: POLLIN) else { return false }
+                case .closed, .error, .failed: return false
                 }
             }
             return true
@@ -32,14 +31,14 @@ struct HTTPSocket {
         guard written else { throw WriteFailed() }
     }
 
-    private func waitWritable() -> Bool {
-        var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+    private func wait(for event: Int32) -> Bool {
+        var entry = pollfd(fd: transport.fd, events: Int16(event), revents: 0)
         while true {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .zero else { return false }
             let count = poll(&entry, 1, milliseconds(remaining))
             if count == 0 || (count < 0 && errno == EINTR) { continue }
-            return true  // Writable, or an error or hang-up that the next send reports.
+            return true  // Ready, or an error or hang-up that the next send reports.
         }
     }
 }
@@ -53,8 +52,8 @@ func milliseconds(_ duration: Duration) -> Int32 {
 
 /// Sends what fits now, without waiting: for the loop's own short answers
 /// (400, 408, 503), which always fit a fresh socket's buffer.
-func sendNow(_ fd: Int32, _ bytes: [UInt8]) {
-    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+func sendNow(_ transport: HTTPTransport, _ bytes: [UInt8]) {
+    _ = bytes.withUnsafeBytes { transport.send($0) }
 }
 
 /// Closes with a reset rather than an orderly end, so a client whose

@@ -1,25 +1,32 @@
-/// Where the client sends a request: `[http://]host[:port][/path]`. The
+/// Where the client sends a request: `[http[s]://]host[:port][/path]`. The
 /// host may be a name, an IPv4 literal or a bracketed IPv6 literal; the
 /// path (with any query) defaults to `/`.
 public struct HTTPURL: Equatable, Sendable, CustomStringConvertible {
     public var host: String
     public var port: UInt16
     public var path: String
+    /// https: the request goes through TLS (`HTTPClient.Options.tls`).
+    public var isHTTPS: Bool
 
-    public init(host: String, port: UInt16 = 80, path: String = "/") {
+    public init(host: String, port: UInt16? = nil, path: String = "/", https: Bool = false) {
         self.host = host
-        self.port = port
+        self.port = port ?? (https ? 443 : 80)
         self.path = path
+        isHTTPS = https
     }
 
     /// Errors are one line that quotes `text`; their kind is `.badURL`.
-    public init(parsing text: String, defaultPort: UInt16 = 80) throws(HTTPClientError) {
+    /// Without `defaultPort`, 80 for http and 443 for https.
+    public init(parsing text: String, defaultPort: UInt16? = nil) throws(HTTPClientError) {
         func invalid(_ problem: String) -> HTTPClientError {
             HTTPClientError(.badURL, "\"\(HTTPReplyParser.printable(text.utf8))\": \(problem)")
         }
         var rest = Substring(text)
+        isHTTPS = false
         if let scheme = rest.firstRange(of: "://") {
-            guard rest[..<scheme.lowerBound].lowercased() == "http" else { throw invalid("only http:// URLs are supported") }
+            let name = rest[..<scheme.lowerBound].lowercased()
+            guard name == "http" || name == "https" else { throw invalid("only http:// and https:// URLs are supported") }
+            isHTTPS = name == "https"
             rest = rest[scheme.upperBound...]
         }
         let authority = rest.prefix { $0 != "/" }
@@ -53,7 +60,7 @@ public struct HTTPURL: Equatable, Sendable, CustomStringConvertible {
             guard let number = UInt16(portText), number > 0 else { throw invalid("invalid port \"\(portText)\"") }
             port = number
         } else {
-            port = defaultPort
+            port = defaultPort ?? (isHTTPS ? 443 : 80)
         }
     }
 
@@ -63,5 +70,5 @@ public struct HTTPURL: Equatable, Sendable, CustomStringConvertible {
     /// `host:port` as in the Host header and in error messages.
     public var authority: String { "\(hostText):\(port)" }
 
-    public var description: String { "http://\(authority)\(path)" }
+    public var description: String { (isHTTPS ? "https://" : "http://") + "\(authority)\(path)" }
 }

@@ -5,6 +5,7 @@ struct HTTPJob: Sendable {
     var fd: Int32
     var stamp: UInt64
     var request: HTTPRequest
+    var transport: HTTPTransport
 }
 
 /// A connection handed back to the loop after its response.

@@ -43,6 +43,9 @@ public final class Daemon: Sendable {
     private let webConfig: Locked<WebConfigWatcher?>
     /// Outlives web config changes: its keys include the stored hash.
     private let authenticator = BasicAuthenticator()
+    /// The TLS context of each new connection, rebuilt when the certificate,
+    /// key or client CA changes on disk (or the web config's TLS settings).
+    private let tlsContexts: TLSServerContextSource
 
     // Unchecked only for the dispatch sources: thread-safe objects that
     // swift-corelibs-libdispatch does not mark Sendable.
@@ -62,19 +65,29 @@ public final class Daemon: Sendable {
         state = Locked(State(config: config))
         logSettings = LogSettings(level: config.log.level, format: config.log.format)
         let settings = logSettings
-        log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
-        webConfig = Locked(try config.web.configFile.map { [log] in try Self.watchWebConfig(path: $0, log: log) })
+        let log = Logger(label: "tcptop-exporter", factory: { _ in LineLogHandler(settings: settings) })
+        self.log = log
+        tlsContexts = TLSServerContextSource { problem in
+            if let problem {
+                log.error("TLS: \(problem); new connections keep the previous certificate")
+            } else {
+                log.info("TLS certificate reloaded")
+            }
+        }
+        webConfig = Locked(try config.web.configFile.map { try Self.watchWebConfig(path: $0, log: log) })
     }
 
     /// Follows the web config file at `path`; a bad one throws one line.
     private static func watchWebConfig(path: String, log: Logger) throws -> WebConfigWatcher {
-        try WebConfigWatcher(path: path, accept: refuseTLS) { event in
+        let tlsAtStart = Locked<Bool?>(nil)
+        return try WebConfigWatcher(path: path, accept: { file in try checkTLS(file, tlsAtStart: tlsAtStart) }) { event in
             switch event {
             case .loaded(let file):
                 let settings = file.settings
                 // Never the hashes: the count of users is enough to tell what runs.
                 log.info("web config loaded", metadata: [
-                    "file": "\(path)", "basic_auth_users": "\(settings.basicAuthUsers.count)",
+                    "file": "\(path)", "tls": "\(settings.tls.map { "\($0.minVersion.rawValue)-\($0.maxVersion.rawValue) \($0.clientAuth.rawValue)" } ?? "off")",
+                    "basic_auth_users": "\(settings.basicAuthUsers.count)",
                     "headers": "\(settings.headers.map(\.name).joined(separator: ","))",
                 ])
                 for note in file.notes { log.warning("\(note)") }
@@ -84,14 +97,26 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// Until the server speaks TLS, a file that asks for it is refused:
-    /// serving plain HTTP to someone who asked for TLS would be worse.
-    @Sendable private static func refuseTLS(_ file: WebConfigFile) throws {
-        guard file.settings.tls == nil else {
-            throw ConfigError(key: "tls_server_config",
-                              problem: "TLS is not available yet in tcptop-exporter (basic auth and headers are); "
-                                  + "remove tls_server_config, or terminate TLS in front of the exporter",
+    /// The certificate, key and client CA must load (at start: exit 2 with
+    /// the line). As with exporter-toolkit, an edit of the file cannot turn
+    /// TLS on or off while running: that would serve in clear what was
+    /// asked to be encrypted, or the reverse; a restart (or a reload that
+    /// names another file) can.
+    private static func checkTLS(_ file: WebConfigFile, tlsAtStart: Locked<Bool?>) throws {
+        let wanted = file.settings.tls != nil
+        let first = tlsAtStart.withLock { state in
+            defer { if state == nil { state = wanted } }
+            return state
+        }
+        if let first, first != wanted {
+            throw ConfigError(key: "tls_server_config", problem: "TLS cannot be turned \(wanted ? "on" : "off") while running; restart tcptop-exporter",
                               source: "web config")
+        }
+        guard let tls = file.settings.tls else { return }
+        do {
+            _ = try TLSServerContext(tls)
+        } catch {
+            throw ConfigError(key: "tls_server_config", problem: "\(error)", source: "web config")
         }
     }
 
@@ -136,7 +161,7 @@ public final class Daemon: Sendable {
         notifier.status("Binding \(config.web.listenAddresses.map(\.description).joined(separator: ", "))")
         let server: HTTPServer
         do {
-            server = try Self.bindServer(config.web, log: log)
+            server = try Self.bindServer(config.web, log: log, security: security)
         } catch {
             log.error("\(Self.explained(error))")
             return 1
@@ -197,8 +222,10 @@ public final class Daemon: Sendable {
         return 0
     }
 
-    private static func bindServer(_ web: WebConfig, log: Logger, predecessor: HTTPServer? = nil) throws -> HTTPServer {
+    private static func bindServer(_ web: WebConfig, log: Logger, security: @escaping @Sendable () -> HTTPServer.Security,
+                                   predecessor: HTTPServer? = nil) throws -> HTTPServer {
         var configuration = HTTPServer.Configuration()
+        configuration.security = security
         configuration.maxConcurrentRequests = web.maxRequests
         configuration.headReadTimeout = web.readTimeout
         configuration.writeTimeout = web.writeTimeout
@@ -224,6 +251,15 @@ public final class Daemon: Sendable {
         _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         if limit.rlim_cur < wanted {
             log.warning("open files limited to \(limit.rlim_cur) (hard limit): fewer than web.max_connections \(connections) connections can be held; raise LimitNOFILE=")
+        }
+    }
+
+    /// Asked at every accept: TLS when the web config in force asks for it,
+    /// with the context of the certificate on disk now.
+    private var security: @Sendable () -> HTTPServer.Security {
+        { [webConfig, tlsContexts] in
+            guard let tls = webConfig.withLock({ $0 })?.settings.tls else { return .plain }
+            return tlsContexts.context(for: tls).map { .tls($0) } ?? .refuse
         }
     }
 
@@ -373,7 +409,7 @@ public final class Daemon: Sendable {
             // address that stays never stops accepting; if one cannot be
             // bound, the running listeners were never touched.
             do {
-                let bound = try Self.bindServer(new.web, log: log, predecessor: server)
+                let bound = try Self.bindServer(new.web, log: log, security: security, predecessor: server)
                 bound.start(handler: handler())
                 replacement = bound
             } catch {

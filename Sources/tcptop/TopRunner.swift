@@ -38,9 +38,10 @@ struct TopRunner {
     }
 
     private func runFromExporter(_ url: TopMetricsURL) -> Int32 {
-        let fetcher = MetricsFetcher(url: url)
         var counter = TopIntervalCounter<ConnectionLabels>()
+        let fetcher: MetricsFetcher
         do {
+            fetcher = try MetricsFetcher(options: options, url: url)
             // The baseline: what the exporter counted before we started.
             _ = counter.advance(try fetcher.readings())
         } catch is StopSignals.Stopped {

@@ -128,6 +128,40 @@ struct TcptopTests {
         #expect(filteredOutput.status == 0 && filteredOutput.totals().isEmpty)
     }
 
+    /// --from https:// with the CA and basic auth (password from a file, or
+    /// TCPTOP_PASSWORD), against the daemon serving TLS.
+    @Test(.enabled(if: runningAsRoot, "needs root for the exporter"))
+    func fromAnExporterOverTLSWithBasicAuth() throws {
+        let pki = try TLSDaemonTests.pki.get()
+        let web = pki.directory + "/tcptop-web-\(UUID().uuidString).yml"
+        try ("tls_server_config: {cert_file: server.crt, key_file: server.key}\n" + (try webConfigText(users: ["viewer": "view-pw"])))
+            .write(toFile: web, atomically: true, encoding: .utf8)
+        let passwordFile = pki.directory + "/viewer-password"
+        try "view-pw\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        chmod(pki.directory, 0o755)
+        chmod(pki.path("ca.crt"), 0o644)
+        chmod(passwordFile, 0o644)
+        let daemon = try ExporterProcess(arguments: ["--web.config.file", web])
+        try daemon.waitReady()
+        let url = "https://127.0.0.1:\(daemon.port)/metrics"
+        let viewed = try TcptopRun(["--from", url, "--ca-file", pki.path("ca.crt"), "--user", "viewer", "--password-file", passwordFile,
+                                    "-C", "1", "5"], asNobody: true)
+        try viewed.waitForTracing()
+        let exchange = try TrafficPeers.exchange(
+            family: "4", clientName: "tt-tls-cli", serverName: "tt-tls-srv",
+            clientSends: 120 * 1024, serverSends: 80 * 1024, seed: 9)
+        let output = try viewed.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        #expect(output.stdout.contains(" source: \(url)\n"))
+        try expectExchange(exchange, in: output)
+
+        let wrong = try TcptopRun(["--from", url, "--ca-file", pki.path("ca.crt"), "--user", "viewer", "1", "1"],
+                                  environment: ["TCPTOP_PASSWORD": "not-it"]).finish()
+        #expect(wrong.status == 1 && wrong.stderr == "tcptop: --from \(url): HTTP 401 Unauthorized\n", "\(wrong.stderr)")
+        let unknownCA = try TcptopRun(["--from", url, "1", "1"]).finish()
+        #expect(unknownCA.status == 1 && unknownCA.stderr.contains("certificate verify failed"), "\(unknownCA.stderr)")
+    }
+
     @Test(.enabled(if: runningAsRoot, "needs root for BPF"), arguments: [SIGINT, SIGTERM])
     func aStopSignalEndsItAtOnceAndDetaches(signal: Int32) throws {
         let top = try TcptopRun(["-C", "10"])
@@ -220,7 +254,7 @@ struct TcptopTests {
 
     @Test(arguments: [
         ["0"], ["-5"], ["1", "0"], ["-s", "bytes"], ["-4", "-6"], ["-p", "abc"], ["--pid"], ["-r", "x"],
-        ["--from", "h", "-c", "/x"], ["--from", "https://h"], ["-z"], ["1", "2", "3"],
+        ["--from", "h", "-c", "/x"], ["--from", "ftp://h"], ["--user", "u"], ["--from", "http://h", "--ca-file", "/x"], ["-z"], ["1", "2", "3"],
     ])
     func badArgumentsAreOneLineAndExitTwo(arguments: [String]) throws {
         let output = try TcptopRun(arguments).finish()
@@ -286,7 +320,8 @@ final class TcptopRun {
     let process = Process()
     private let out = PipeReader(), err = PipeReader()
 
-    init(_ arguments: [String], asNobody: Bool = false) throws {
+    init(_ arguments: [String], asNobody: Bool = false, environment: [String: String] = [:]) throws {
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         if asNobody {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
             process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--", TcptopTests.binary] + arguments

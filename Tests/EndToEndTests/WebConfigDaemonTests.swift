@@ -7,7 +7,7 @@ import Testing
 /// `--web.config.file` on the real daemon, with curl and hashes from
 /// Debian's htpasswd: basic auth on every path, the configured headers, a
 /// file changed on disk in force at the next request, a broken change kept
-/// out, TLS refused until it exists, and what 10,000 requests cost.
+/// out, and what 10,000 requests cost (TLS: TLSDaemonTests).
 @Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))
 struct WebConfigDaemonTests {
     static let password = "s3cret-Passw0rd"
@@ -67,14 +67,7 @@ struct WebConfigDaemonTests {
         #expect(curl([url]).status == 200, "no users: no credentials asked")
     }
 
-    @Test func tlsAndBadFilesAreRefusedAtStart() throws {
-        let tls = try writeConfig("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
-        let refused = try ExporterProcess(arguments: ["--web.config.file", tls])
-        #expect(try refused.waitExit() == 2)
-        #expect(refused.log == "tcptop-exporter: web config: tls_server_config: TLS is not available yet in tcptop-exporter "
-                    + "(basic auth and headers are); remove tls_server_config, or terminate TLS in front of the exporter\n")
-        #expect(refused.notify.messages.isEmpty, "never READY")
-
+    @Test func badFilesAreRefusedAtStart() throws {
         let bad = try writeConfig("basic_auth_users:\n  alice: hunter2\n")
         let badDaemon = try ExporterProcess(arguments: ["--web.config.file", bad])
         #expect(try badDaemon.waitExit() == 2)

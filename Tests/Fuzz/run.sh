@@ -47,7 +47,7 @@ build_http_request() {
         -Xcc -fmodule-map-file="$scratch/ctcptop/module.modulemap" \
         Tests/Fuzz/HTTPRequestFuzz.swift Sources/TCPTopHTTP/HTTPRequestParser.swift \
         Sources/TCPTopHTTP/HTTPMessage.swift Sources/TCPTopHTTP/HTTPContentCoding.swift \
-        "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -o "$scratch/fuzz-http-request"
+        "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -lssl -lcrypto -o "$scratch/fuzz-http-request"
 }
 
 build_http_reply() {
@@ -57,7 +57,9 @@ build_http_reply() {
         Tests/Fuzz/HTTPReplyFuzz.swift Sources/TCPTopHTTP/HTTPClient.swift Sources/TCPTopHTTP/HTTPClientConnection.swift \
         Sources/TCPTopHTTP/HTTPClientSocket.swift Sources/TCPTopHTTP/HTTPReplyParser.swift Sources/TCPTopHTTP/HTTPGunzip.swift \
         Sources/TCPTopHTTP/HTTPURL.swift Sources/TCPTopHTTP/HTTPMessage.swift Sources/TCPTopHTTP/HTTPContentCoding.swift \
-        "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -o "$scratch/fuzz-http-reply"
+        Sources/TCPTopHTTP/HTTPTransport.swift Sources/TCPTopHTTP/TLSSession.swift Sources/TCPTopHTTP/TLSContext.swift \
+        Sources/TCPTopHTTP/HTTPSecuritySettings.swift \
+        "$scratch/ctcptop/shim.o" -lbpf -lelf -lz -lsystemd -lssl -lcrypto -o "$scratch/fuzz-http-reply"
 }
 
 # The objects of a target's current sources (a scratch path kept across
@@ -77,7 +79,7 @@ build_config() {
         -Xcc -fmodule-map-file="$debug/CTCPTop.build/module.modulemap" \
         Tests/Fuzz/ConfigFuzz.swift $(objects TCPTopCore) "$debug"/Yams.build/*.swift.o \
         "$debug"/CYaml.build/src/*.o $(objects TCPTopHTTP) "$debug"/Logging.build/*.swift.o \
-        "$debug"/CTCPTop.build/shim.c.o -lbpf -lelf -lz -lsystemd -lcrypt -o "$scratch/fuzz-config"
+        "$debug"/CTCPTop.build/shim.c.o -lbpf -lelf -lz -lsystemd -lcrypt -lssl -lcrypto -o "$scratch/fuzz-config"
 }
 
 status=0

@@ -70,7 +70,7 @@ import TCPTopCore
         (["-x"], "unrecognized option \"-x\" (see tcptop -h)"),
         (["--noclear=yes"], "--noclear takes no value"),
         (["--bogus"], "unrecognized option \"--bogus\" (see tcptop -h)"),
-        (["--from", "https://h/"], "--from: \"https://h/\": only http:// URLs are supported"),
+        (["--from", "ftp://h/"], "--from: \"ftp://h/\": only http:// and https:// URLs are supported"),
         (["--from", "h:99999"], "--from: \"h:99999\": invalid port \"99999\""),
         (["--from", "h", "-c", "/sys/fs/cgroup"], "-c/--cgroup cannot be used with --from (the exporter has no cgroup labels)"),
     ])

@@ -24,7 +24,7 @@ import TCPTopCore
     }
 
     @Test func badURLsSayWhy() {
-        #expect(throws: TopUsageError("\"ftp://h\": only http:// URLs are supported")) { try TopMetricsURL(parsing: "ftp://h") }
+        #expect(throws: TopUsageError("\"ftp://h\": only http:// and https:// URLs are supported")) { try TopMetricsURL(parsing: "ftp://h") }
     }
 
     @Test func exporterSeriesBecomeReadings() throws {

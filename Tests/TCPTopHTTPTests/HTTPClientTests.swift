@@ -248,13 +248,15 @@ import Testing
         ("HTTP://db1:8080", HTTPURL(host: "db1", port: 8080, path: "/")),
         ("http://[::1]:8080/x?a=b", HTTPURL(host: "::1", port: 8080, path: "/x?a=b")),
         ("[fe80::1%eth0]", HTTPURL(host: "fe80::1%eth0", port: 80, path: "/")),
+        ("https://db1/metrics", HTTPURL(host: "db1", port: 443, path: "/metrics", https: true)),
+        ("HTTPS://127.0.0.1:9435", HTTPURL(host: "127.0.0.1", port: 9435, path: "/", https: true)),
     ])
     func urls(text: String, url: HTTPURL) throws {
         #expect(try HTTPURL(parsing: text) == url)
     }
 
     @Test(arguments: [
-        Case("ftp://h", "\"ftp://h\": only http:// URLs are supported"),
+        Case("ftp://h", "\"ftp://h\": only http:// and https:// URLs are supported"),
         Case("http://", "\"http://\": no host"),
         Case("http://[::1", "\"http://[::1\": missing \"]\" after the IPv6 address"),
         Case("http://[::1]x", "\"http://[::1]x\": unexpected text after \"]\""),

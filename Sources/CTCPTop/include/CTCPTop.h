@@ -9,6 +9,10 @@
 #include <zlib.h>
 /* libxcrypt (libcrypt-dev): bcrypt for basic auth, through crypt_ra. */
 #include <crypt.h>
+/* Debian's OpenSSL 3 (libssl-dev): TLS for the listener and the client. */
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
 
 #include "../../../bpf/tcptop_maps.h"
 
@@ -52,5 +56,20 @@ int tcptop_accept(int fd);                     /* accept4: non-blocking, close-o
 
 /* zlib's deflateInit2 is a macro. */
 int tcptop_deflate_init_gzip(z_stream *stream, int level);
+
+/* OpenSSL macros Swift cannot import (SSL_CTX_ctrl wrappers, 64-bit
+ * option bits, ERR_GET_REASON). Each returns what the macro returns. */
+int tcptop_ssl_ctx_set_proto_versions(SSL_CTX *ctx, int min_version, int max_version);
+int tcptop_ssl_ctx_set_groups(SSL_CTX *ctx, const char *groups);
+/* Partial and moving-buffer writes, buffers released when idle, no renegotiation; `server_preference`:
+ * the server's cipher order wins. */
+void tcptop_ssl_ctx_set_defaults(SSL_CTX *ctx, int server_preference);
+int tcptop_ssl_set_host_name(SSL *ssl, const char *name);
+/* Whether `error` (from ERR_get_error) says the peer sent plain HTTP. */
+int tcptop_ssl_error_is_http_request(unsigned long error);
+/* The certificate's subject alternative names (DNS, IP, e-mail, URI) as
+ * text, each ended by a NUL, into `out`; returns the bytes written (names
+ * that do not fit are left out). IPs as inet_ntop writes them. */
+size_t tcptop_x509_sans(X509 *cert, char *out, size_t size);
 
 #endif
