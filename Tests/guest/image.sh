@@ -29,7 +29,7 @@ case "$kernel" in
 	*) echo "image.sh: unknown GUEST_KERNEL '$kernel' (6.1, 6.12 or 5.10)" >&2; exit 1 ;;
 esac
 # kmod: modprobe/depmod (linux-image-* brings it where apt installs the kernel).
-packages="systemd systemd-sysv dbus libbpf1 libelf1 libsystemd0 zlib1g python3 iproute2 bpftool curl kmod
+packages="systemd systemd-sysv dbus libbpf1 libelf1 libsystemd0 zlib1g libssl3 python3 iproute2 bpftool curl kmod
 $kernel_package ${GUEST_EXTRA_PACKAGES:-}"
 packages=$(echo $packages | tr ' ' '\n' | sort -u | tr '\n' ',' | sed 's/,$//')
 

@@ -44,9 +44,9 @@ fi
 . "$here/lib.sh"
 
 suite=bookworm
-rootfs_packages=(systemd systemd-sysv dbus libbpf1 libelf1 libsystemd0 zlib1g libstdc++6
+rootfs_packages=(systemd systemd-sysv dbus libbpf1 libelf1 libsystemd0 zlib1g libssl3 libstdc++6
     curl iproute2 bpftool python3)
-host_packages=(systemd-container mmdebstrap bpftool util-linux coreutils binutils)
+host_packages=(systemd-container mmdebstrap bpftool util-linux coreutils binutils openssl apache2-utils)
 unit=tcptop-exporter.service
 cache="$root/.cache/system-test"
 logs="$cache/logs"
@@ -104,9 +104,10 @@ fi
 figure "static build of the daemon: $(seconds_since "$started") s"
 binary="$root/.build-static/release/tcptop-exporter"
 # Only libraries a Debian system has from its own packages, no Swift runtime
-# (libcrypt.so.1, for bcrypt: perl-base, which is essential, pre-depends on it).
+# (libcrypt.so.1, for bcrypt: perl-base, which is essential, pre-depends on
+# it; libssl.so.3 and libcrypto.so.3 for TLS: libssl3).
 needed=$(objdump -p "$binary" | awk '$1 == "NEEDED" { print $2 }' | sort | paste -sd' ' -)
-unexpected=$(tr ' ' '\n' <<<"$needed" | grep -Ev '^(libbpf|libelf|libz|libsystemd|libcrypt|libc|libm|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so\.[0-9.]+$')
+unexpected=$(tr ' ' '\n' <<<"$needed" | grep -Ev '^(libbpf|libelf|libz|libsystemd|libcrypt|libssl|libcrypto|libc|libm|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so\.[0-9.]+$')
 if [ -z "$unexpected" ]; then
     ok "daemon built with the Swift stdlib linked statically (needs only: $needed)"
 else
@@ -473,6 +474,40 @@ if [ "${soft:-0}" -ge 16640 ] && [ "$soft" = "$hard" ] && [ "$(show MemoryMax)" 
 else
     not_ok "LimitNOFILE= and MemoryMax= apply" "open files $soft/$hard, memory $memory of $(show MemoryMax)"
 fi
+
+# --- TLS and basic auth under the unit: the key handed over as a credential ---
+
+# The dynamic user cannot read a root-only key (openssl writes it 0600):
+# LoadCredential= copies it, readable by the service alone, at each start.
+tls="$cache/tls"
+mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$tls/key" -out "$tls/crt" >"$logs/openssl.txt" 2>&1
+hash=$(htpasswd -nbBC 10 "" s3cret | tr -d ':\n')
+etc="/proc/$CONTAINER_PID/root/etc"
+install -m 0600 "$tls/key" "$etc/tcptop-exporter/tcptop-exporter.key"
+install -m 0644 "$tls/crt" "$etc/tcptop-exporter/tcptop-exporter.crt"
+printf 'tls_server_config:\n  cert_file: tcptop-exporter.crt\n  key_file: /run/credentials/%s/tcptop-exporter.key\nbasic_auth_users:\n  prometheus: %s\n' \
+    "$unit" "$hash" >"$etc/tcptop-exporter/web-config.yml"
+mkdir -p "$etc/systemd/system/$unit.d"
+printf '[Service]\nLoadCredential=tcptop-exporter.key:/etc/tcptop-exporter/tcptop-exporter.key\n' >"$etc/systemd/system/$unit.d/tls.conf"
+sed -i 's|^  config_file: ""$|  config_file: /etc/tcptop-exporter/web-config.yml|' "$etc/tcptop-exporter/tcptop-exporter.yml"
+inside systemctl daemon-reload
+inside systemctl restart "$unit"
+ca=/etc/tcptop-exporter/tcptop-exporter.crt
+https_ok=$(inside curl -s -o /dev/null -m 10 -w '%{http_code}' --cacert $ca -u prometheus:s3cret https://localhost:9435/metrics)
+https_bad=$(inside curl -s -o /dev/null -m 10 -w '%{http_code}' --cacert $ca -u prometheus:wrong https://localhost:9435/metrics)
+plain=$(inside curl -s -o /dev/null -m 10 -w '%{http_code}' http://localhost:9435/metrics)
+version=$(inside curl -s -o /dev/null -m 10 -w '%{ssl_verify_result} %{scheme}' --cacert $ca -u prometheus:s3cret https://localhost:9435/)
+if [ "$https_ok" = 200 ] && [ "$https_bad" = 401 ] && [ "$plain" = 400 ] && [ "$(show ActiveState)" = active ]; then
+    ok "TLS and basic auth under the unit, the key a LoadCredential=: https 200, wrong password 401, plain HTTP 400 ($version)"
+else
+    not_ok "TLS and basic auth under the unit" "https $https_ok, wrong password $https_bad, plain $plain; $(journal | tail -3 | paste -sd'|' -)"
+fi
+rm -f "$etc/systemd/system/$unit.d/tls.conf"
+sed -i 's|^  config_file: /etc/tcptop-exporter/web-config.yml$|  config_file: ""|' "$etc/tcptop-exporter/tcptop-exporter.yml"
+inside systemctl daemon-reload
+inside systemctl restart "$unit"
 
 # --- stop: no BPF programs left -----------------------------------------------
 
