@@ -1,3 +1,4 @@
+import CTCPTop
 import Glibc
 
 /// What one read or write on a connection did.
