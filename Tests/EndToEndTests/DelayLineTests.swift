@@ -71,6 +71,23 @@ struct DelayLineTests {
         #expect(stats.droppedAB >= 2 && stats.droppedBA == 0, "\(stats)")
     }
 
+    @Test func badOptionsGetOneLineAndStatus2() throws {
+        let tool = try DelayLine.tool.get()
+        for arguments in [["--ns-a", "x", "--ns-b", "y", "--drop-percent", "101"], ["--ns-a", "x"],
+                          ["--ns-a", "x", "--ns-b", "y", "--drop-match", "some"]] {
+            let process = Process(), errors = PipeReader()
+            process.executableURL = URL(fileURLWithPath: tool)
+            process.arguments = arguments
+            process.standardError = errors.pipe
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            let said = errors.rest(timeout: 5)
+            #expect(Child.waitExit(process, timeout: 5) && process.terminationStatus == 2, "\(arguments)")
+            #expect(said.hasPrefix("delayline: ") || said.hasPrefix("usage: delayline"), "\(said)")
+            #expect(said.split(separator: "\n").count == 1, "\(said)")
+        }
+    }
+
     static func fields(_ line: String) -> [String: Int] {
         var fields: [String: Int] = [:]
         for part in line.split(separator: " ").dropFirst() {
