@@ -6,6 +6,12 @@ what tcptop-exporter / tcptop report with the bytes they really moved.
 
   traffic_peer.py serve   --family 4|6 --name NAME --receive N --send M [--peek]
   traffic_peer.py connect --family 4|6 --name NAME --port P --send N --receive M
+  traffic_peer.py probe   --name NAME --address A --port P   (one connect, its outcome)
+
+--address replaces loopback (the address to bind or connect to). With
+--tcp-info, a client prints `TCPINFO rtt_us=R rttvar_us=V total_retrans=T`
+(the kernel's getsockopt(TCP_INFO) of its socket) after its transfer. A
+probe prints `CONNECT result=OK|<errno name> seconds=S` and `DONE`.
 
 Each prints one line `READY pid=<pid> port=<local port>` once its socket is
 set up, and `DONE` after the peer closed. Sends go out in random chunk sizes
@@ -19,12 +25,15 @@ and exits with status 3.
 """
 import argparse
 import ctypes
+import errno
 import os
 import random
 import select
 import signal
 import socket
+import struct
 import sys
+import time
 
 PR_SET_NAME = 15
 TIMED_OUT = 3
@@ -73,12 +82,39 @@ def receive_exactly(sock, total):
         left -= len(data)
 
 
+def print_tcp_info(sock):
+    # struct tcp_info: 8 one-byte fields, then u32s; tcpi_rtt, tcpi_rttvar are
+    # the 16th and 17th, tcpi_total_retrans the 24th.
+    fields = struct.unpack_from("8B24I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))
+    print(f"TCPINFO rtt_us={fields[8 + 15]} rttvar_us={fields[8 + 16]} total_retrans={fields[8 + 23]}", flush=True)
+
+
+def probe(family, address, port, timeout):
+    """One non-blocking connect, waited for at most `timeout` seconds."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    started = time.monotonic()
+    code = sock.connect_ex((address, port))
+    if code == errno.EINPROGRESS:
+        step(f"connect to {address} port {port}")
+        _, writable, _ = select.select([], [sock], [], timeout)
+        if not writable:
+            give_up(f"connect to {address} port {port} undecided after {timeout:g} s")
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    result = "OK" if code == 0 else errno.errorcode.get(code, str(code))
+    print(f"CONNECT result={result} seconds={time.monotonic() - started:.3f}", flush=True)
+    sock.close()
+    print("DONE", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["serve", "connect"])
+    parser.add_argument("mode", choices=["serve", "connect", "probe"])
     parser.add_argument("--family", choices=["4", "6"], default="4")
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--address", help="bind or connect to this address instead of loopback")
+    parser.add_argument("--tcp-info", action="store_true", help="connect: print TCPINFO after the transfer")
     parser.add_argument("--send", type=int, default=0)
     parser.add_argument("--receive", type=int, default=0)
     parser.add_argument("--peek", action="store_true", help="MSG_PEEK before the first receive")
@@ -103,7 +139,9 @@ def main():
     set_process_name(name)
     rng = random.Random(args.seed)
     family = socket.AF_INET if args.family == "4" else socket.AF_INET6
-    loopback = "127.0.0.1" if args.family == "4" else "::1"
+    loopback = args.address or ("127.0.0.1" if args.family == "4" else "::1")
+    if args.mode == "probe":
+        return probe(family, loopback, args.port, args.timeout)
 
     if args.mode == "serve":
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -144,6 +182,8 @@ def main():
         else:
             send_exactly(conn, args.send, rng)
         receive_exactly(conn, args.receive)
+        if args.tcp_info:
+            print_tcp_info(conn)
     if args.hold:
         print("HOLDING", flush=True)
         step("a line on stdin (--hold)")
