@@ -13,25 +13,27 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         let config = try ExporterConfig.parse(yaml: text)
         check(config)
     } catch let error as ConfigError {
-        let line = error.description
-        // By bytes and scalars: a key may start with a combining mark, which joins the space before it into one Character.
-        precondition(line.utf8.starts(with: "config: ".utf8), "a config error without its prefix: \(line)")
-        precondition(!line.unicodeScalars.contains { [0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029].contains($0.value) },
-                     "a config error of more than one line: \(line)")
+        checkOneLine(error, prefix: "config: ")
     } catch {
         preconditionFailure("parse threw something other than a ConfigError: \(error)")
     }
     do {
         check(try WebConfigFile.parse(yaml: text))
     } catch let error as ConfigError {
-        let line = error.description
-        precondition(line.utf8.starts(with: "web config: ".utf8), "a web config error without its prefix: \(line)")
-        precondition(!line.unicodeScalars.contains { [0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029].contains($0.value) },
-                     "a web config error of more than one line: \(line)")
+        checkOneLine(error, prefix: "web config: ")
     } catch {
         preconditionFailure("the web config parse threw something other than a ConfigError: \(error)")
     }
     return 0
+}
+
+/// One line that starts with `prefix`. By bytes and scalars: a key may start
+/// with a combining mark, which joins the space before it into one Character.
+private func checkOneLine(_ error: ConfigError, prefix: String) {
+    let line = error.description
+    precondition(line.utf8.starts(with: prefix.utf8), "an error without its prefix \(prefix): \(line)")
+    precondition(!line.unicodeScalars.contains { [0x0A, 0x0B, 0x0C, 0x0D, 0x85, 0x2028, 0x2029].contains($0.value) },
+                 "an error of more than one line: \(line)")
 }
 
 /// What the server and the authenticator later take as given.
@@ -53,12 +55,14 @@ private func check(_ file: WebConfigFile) {
 /// its bound, every size within its range.
 private func check(_ config: ExporterConfig) {
     for (timeout, limit) in [(config.web.readTimeout, WebConfig.maxTimeout), (config.web.writeTimeout, WebConfig.maxTimeout),
+                             (config.web.idleTimeout, WebConfig.maxTimeout),
                              (config.connections.pollInterval, ConnectionsConfig.maxPollInterval),
                              (config.connections.closedRetention, ConnectionsConfig.maxClosedRetention)] {
         precondition(timeout > .zero && timeout <= limit, "a duration past its bound: \(timeout)")
         _ = timeout.inSeconds
     }
     precondition((1...1_000_000).contains(config.web.maxRequests))
+    precondition(WebConfig.maxConnectionsRange.contains(config.web.maxConnections))
     precondition(BPFConfig.mapCapacityRange.contains(config.bpf.mapCapacity))
     precondition(!config.web.listenAddresses.isEmpty && !config.views.isEmpty)
     precondition(WebConfig.telemetryPathProblem(config.web.telemetryPath) == nil)
