@@ -37,7 +37,7 @@ run: release
 # Between them, the daemon under ThreadSanitizer with reloads racing scrapes
 # (Tests/tools/race-test.sh), and the fuzzers, FUZZ_SECONDS each (`make fuzz`).
 test: build
-	$(SWIFT) test
+	SWIFT=$(SWIFT) Tests/tools/swift-test.sh
 	Tests/tools/race-test.sh
 	$(MAKE) fuzz
 	Tests/system/container-test.sh

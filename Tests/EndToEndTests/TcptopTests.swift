@@ -9,12 +9,15 @@ import Testing
 @Suite(.serialized)
 struct TcptopTests {
     static let binary = ExporterProcess.binary("tcptop")
+    /// Rows for runs that see the whole host: other suites move bytes at the
+    /// same time, and the default 20 rows can leave the exchange's rows out.
+    let allRows = "100000"
 
     // MARK: Real BPF (root)
 
     @Test(.enabled(if: runningAsRoot, "needs root for BPF"), arguments: ["4", "6"])
     func showsKnownTrafficPerConnectionEnd(family: String) throws {
-        let top = try TcptopRun(["-C", "1", "2"])
+        let top = try TcptopRun(["-C", "-r", allRows, "1", "2"])
         try top.waitForTracing()
         let exchange = try TrafficPeers.exchange(
             family: family, clientName: "tt-top-cli", serverName: "tt-top-srv",
@@ -34,7 +37,7 @@ struct TcptopTests {
     /// the interval they moved in, not again in the later ones.
     @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
     func anOpenConnectionIsCountedOnlyInTheIntervalItMoved() throws {
-        let top = try TcptopRun(["-C", "1", "4"])
+        let top = try TcptopRun(["-C", "-r", allRows, "1", "4"])
         try top.waitForTracing()
         let server = try HeldPeer(["serve", "--family", "4", "--name", "tt-held-srv", "--receive", "409600", "--send", "0"])
         let client = try HeldPeer(["connect", "--family", "4", "--name", "tt-held-cli", "--port", "\(server.ready.port)",
@@ -104,9 +107,9 @@ struct TcptopTests {
     func fromAnExporterShowsTheSameRowsWithoutRoot() throws {
         let daemon = try ExporterProcess()
         try daemon.waitReady()
-        let traced = try TcptopRun(["-C", "1", "3"])
+        let traced = try TcptopRun(["-C", "-r", allRows, "1", "3"])
         // As nobody, without capabilities: --from needs no privilege.
-        let viewed = try TcptopRun(["--from", "http://127.0.0.1:\(daemon.port)/metrics", "-C", "1", "3"], asNobody: true)
+        let viewed = try TcptopRun(["--from", "http://127.0.0.1:\(daemon.port)/metrics", "-C", "-r", allRows, "1", "3"], asNobody: true)
         try traced.waitForTracing()
         try viewed.waitForTracing()
         let exchange = try TrafficPeers.exchange(
@@ -267,7 +270,7 @@ struct TcptopTests {
     /// Attached, tcptop keeps only what reading needs, in every thread, and its table stays exact.
     @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
     func keepsOnlyWhatReadingNeedsAfterAttach() throws {
-        let top = try TcptopRun(["-C", "1", "2"])
+        let top = try TcptopRun(["-C", "-r", allRows, "1", "2"])
         try top.waitForTracing()
         let pid = top.process.processIdentifier
         let expected: UInt64 = CapabilityTests.expectedKept == "none" ? 0 : 1 << 39
