@@ -56,13 +56,24 @@ public struct ConnectionSample: Sendable, Equatable {
     public var labels: ConnectionLabels
     /// The kernel destroyed the socket: these counters are final.
     public var closed: Bool
+    /// TCP segments the kernel retransmitted on the socket (tcp:tcp_retransmit_skb,
+    /// each skb counted as its segments), shown on the socket's owner's end
+    /// only: 0 on the ends of other processes sharing the socket.
+    public var retransmittedSegments: UInt64
+    /// The kernel's smoothed round-trip time of the socket (tcp_sock.srtt_us),
+    /// in microseconds, as of this read (or of its close); 0 while unknown
+    /// (no RTT sample yet, or an end of a process sharing the socket).
+    public var smoothedRTTMicroseconds: UInt32
 
-    public init(id: ConnectionID, labels: ConnectionLabels, sentBytes: UInt64, receivedBytes: UInt64, closed: Bool) {
+    public init(id: ConnectionID, labels: ConnectionLabels, sentBytes: UInt64, receivedBytes: UInt64, closed: Bool,
+                retransmittedSegments: UInt64 = 0, smoothedRTTMicroseconds: UInt32 = 0) {
         self.id = id
         self.labels = labels
         self.sentBytes = sentBytes
         self.receivedBytes = receivedBytes
         self.closed = closed
+        self.retransmittedSegments = retransmittedSegments
+        self.smoothedRTTMicroseconds = smoothedRTTMicroseconds
     }
 }
 
@@ -75,5 +86,8 @@ public struct UnattributedCounters: Sendable, Equatable {
     public var receiveEvents: UInt64 = 0
     /// Socket closes that could not be recorded (the "closed" map was full).
     public var closesNotRecorded: UInt64 = 0
+    /// Retransmitted segments of sockets no process had moved bytes on yet
+    /// (a SYN sent again), or whose owner could not be tracked.
+    public var retransmittedSegments: UInt64 = 0
     public init() {}
 }
