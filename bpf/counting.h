@@ -99,6 +99,32 @@ static __always_inline void add_bytes(struct tcptop_conn_value *value, int ret, 
 		__sync_fetch_and_add(&value->received_bytes, ret);
 }
 
+/* The socket's smoothed RTT in microseconds (0: no sample yet). Typed
+ * hooks reach the tcp_sock through a helper, the others read with CO-RE. */
+static __always_inline __u32 srtt_typed(struct sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	return tp ? tp->srtt_us >> 3 : 0;
+}
+
+static __always_inline __u32 srtt_untyped(struct sock *sk)
+{
+	return BPF_CORE_READ((struct tcp_sock *)sk, srtt_us) >> 3;
+}
+
+/* The segments of a retransmitted skb: tcp_skb_pcount(), what the kernel
+ * adds to the socket's total_retrans (tcpi_total_retrans). */
+static __always_inline __u32 retransmitted_segments(struct sk_buff *skb)
+{
+	__u16 segs = BPF_CORE_READ((struct tcp_skb_cb *)&skb->cb, tcp_gso_segs);
+	return segs ? segs : 1;
+}
+
+static __always_inline void add_retransmits(struct tcptop_conn_value *value, __u32 segs)
+{
+	__sync_fetch_and_add(&value->retransmits, segs);
+}
+
 /* Whether this call is counted at all: the load-time filters. */
 static __always_inline bool filtered_out(__u64 pid_tgid)
 {

@@ -71,7 +71,7 @@ static __always_inline int leave(int ret, bool is_send)
 	struct sock *sk = (struct sock *)call.sk;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	return count_hash(sk, pid_tgid >> 32, ret, is_send);
+	return count_hash(sk, pid_tgid >> 32, ret, is_send, false);
 }
 
 SEC("kprobe/tcp_sendmsg")

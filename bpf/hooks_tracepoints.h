@@ -49,7 +49,7 @@ int BPF_PROG(tcptop_destroy, struct sock *sk)
 SEC("raw_tp/tcp_destroy_sock")
 int BPF_PROG(tcptop_raw_destroy, struct sock *sk)
 {
-	close_hash(sk);
+	close_hash(sk, false);
 	return 0;
 }
 

@@ -38,6 +38,22 @@ struct sock {
 	__u16 sk_protocol;
 };
 
+/* Reached through bpf_skc_to_tcp_sock (typed hooks) or read with CO-RE. */
+struct tcp_sock {
+	__u32 srtt_us; /* smoothed RTT << 3, in microseconds */
+};
+
+struct sk_buff {
+	char cb[48];
+};
+
+/* What TCP keeps in skb->cb: tcp_skb_pcount() is its tcp_gso_segs. */
+struct tcp_skb_cb {
+	__u32 seq;
+	__u32 end_seq;
+	__u16 tcp_gso_segs;
+};
+
 /* The context of a socket-local-storage iterator program. */
 struct seq_file;
 struct bpf_map;

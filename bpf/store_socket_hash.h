@@ -18,6 +18,13 @@ struct {
 	__type(value, struct tcptop_sock_value);
 } sk_owners SEC(".maps");
 
+/* The RTT of a socket on this path: as of its owner's last send or receive,
+ * and of its close (no iterator reads the socket). */
+static __always_inline __u32 srtt_of(struct sock *sk, bool typed)
+{
+	return typed ? srtt_typed(sk) : srtt_untyped(sk);
+}
+
 static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value *owned, __u32 tgid, int ret,
 				      bool is_send)
 {
@@ -51,27 +58,44 @@ static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value 
 	return count_shared(sk, owned->cookie, &owned->shared, tgid, ret, is_send);
 }
 
-static __always_inline int count_hash(struct sock *sk, __u32 tgid, int ret, bool is_send)
+static __always_inline int count_hash(struct sock *sk, __u32 tgid, int ret, bool is_send, bool typed)
 {
 	__u64 key = (__u64)sk;
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
 	if (owned && owned->owner_tgid == tgid && !owned->closed) {
 		add_bytes(&owned->conn, ret, is_send);
+		owned->conn.srtt_us = srtt_of(sk, typed);
 		return 0;
 	}
-	return count_hash_slow(sk, owned, tgid, ret, is_send);
+	int result = count_hash_slow(sk, owned, tgid, ret, is_send);
+	/* The owner's entry, if the slow path made or found one. */
+	owned = bpf_map_lookup_elem(&sk_owners, &key);
+	if (owned && owned->owner_tgid == tgid && !owned->closed)
+		owned->conn.srtt_us = srtt_of(sk, typed);
+	return result;
 }
 
-static __always_inline void close_hash(struct sock *sk)
+static __always_inline void close_hash(struct sock *sk, bool typed)
 {
 	__u64 key = (__u64)sk;
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
 	if (!owned || owned->closed) /* untracked, or another socket's leftover */
 		return;
+	owned->conn.srtt_us = srtt_of(sk, typed);
 	if (hand_over(owned))
 		bpf_map_delete_elem(&sk_owners, &key); /* the address may be reused: a new entry, new id */
 	else
 		owned->closed = 1;
+}
+
+static __always_inline void retransmit_hash(struct sock *sk, __u32 segs)
+{
+	__u64 key = (__u64)sk;
+	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
+	if (owned && !owned->closed)
+		add_retransmits(&owned->conn, segs);
+	else
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
 }
 
 #endif

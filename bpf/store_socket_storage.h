@@ -68,6 +68,7 @@ static __always_inline void close_storage(struct sock *sk)
 	if (!owned)
 		return;
 	__sync_fetch_and_add(&live_sockets, -1); /* a sub would need BPF_FETCH in CPU v2 */
+	owned->conn.srtt_us = srtt_typed(sk);
 	if (!hand_over(owned)) {
 		/* "closed_conns" is full: user space keeps what the iterator
 		 * last handed it, and the bytes since then count as unattributed. */
@@ -75,25 +76,40 @@ static __always_inline void close_storage(struct sock *sk)
 		add_stat(TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES, owned->conn.sent_bytes - owned->reported_sent_bytes);
 		add_stat(TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES,
 			 owned->conn.received_bytes - owned->reported_received_bytes);
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, owned->conn.retransmits - owned->reported_retransmits);
 	}
+}
+
+/* A retransmit on a socket: counted on its owner's value. */
+static __always_inline void retransmit_storage(struct sock *sk, __u32 segs)
+{
+	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
+	if (owned)
+		add_retransmits(&owned->conn, segs);
+	else
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
 }
 
 /* One record per live socket; user space runs it at every read. Each
  * counter is copied with one 8-byte load, so a read never sees a
- * half-updated value; what was handed over is noted for close_storage(). */
+ * half-updated value; what was handed over is noted for close_storage().
+ * The RTT is read from the socket here: the hot path never writes it. */
 SEC("iter/bpf_sk_storage_map")
 int tcptop_dump(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
 	struct tcptop_sock_value *owned = ctx->value;
-	if (!ctx->sk || !owned)
+	struct sock *sk = ctx->sk; /* one load: the null check must cover its use below */
+	if (!sk || !owned)
 		return 0;
 	struct tcptop_conn_record record = {};
 	record.key.cookie = owned->cookie;
 	record.key.tgid = owned->owner_tgid;
 	record.value = owned->conn;
+	record.value.srtt_us = srtt_typed(sk);
 	bpf_seq_write(ctx->meta->seq, &record, sizeof(record));
 	owned->reported_sent_bytes = record.value.sent_bytes;
 	owned->reported_received_bytes = record.value.received_bytes;
+	owned->reported_retransmits = record.value.retransmits;
 	return 0;
 }
 

@@ -74,6 +74,7 @@ static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *
 	read_connection(sk, &slot->conn);
 	slot->conn.sent_bytes = 0;
 	slot->conn.received_bytes = 0;
+	slot->conn.retransmits = 0;
 	slot->cookie = bpf_get_socket_cookie(sk);
 	slot->tgid = tgid;
 	struct tcptop_slot_ref initial = { .cookie = slot->cookie, .owner_tgid = tgid, .slot = index };
@@ -92,6 +93,7 @@ static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *
 		slot->state = TCPTOP_SLOT_LIVE;
 	}
 	add_bytes(&slot->conn, ret, is_send);
+	slot->conn.srtt_us = srtt_typed(sk);
 	return 0;
 }
 
@@ -102,6 +104,9 @@ static __always_inline int count_array(struct sock *sk, __u32 tgid, int ret, boo
 		struct tcptop_slot *slot = slot_of(ref);
 		if (slot) {
 			add_bytes(&slot->conn, ret, is_send);
+			/* No iterator reads the socket on this path: its RTT as of
+			 * the owner's last send or receive (and of its close). */
+			slot->conn.srtt_us = srtt_typed(sk);
 			return 0;
 		}
 	}
@@ -117,8 +122,20 @@ static __always_inline void close_array(struct sock *sk)
 	if (ref->shared)
 		mark_shared_final(ref->cookie);
 	struct tcptop_slot *slot = slot_of(ref);
-	if (slot)
+	if (slot) {
+		slot->conn.srtt_us = srtt_typed(sk);
 		slot->state = TCPTOP_SLOT_CLOSED;
+	}
+}
+
+static __always_inline void retransmit_array(struct sock *sk, __u32 segs)
+{
+	struct tcptop_slot_ref *ref = bpf_sk_storage_get(&socket_slots, sk, 0, 0);
+	struct tcptop_slot *slot = ref ? slot_of(ref) : 0;
+	if (slot)
+		add_retransmits(&slot->conn, segs);
+	else
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
 }
 
 #endif

@@ -43,7 +43,7 @@ static __always_inline int count_typed(struct sock *sk, int ret, bool is_send)
 	if (filtered_out(pid_tgid))
 		return 0;
 	if (settings.read_path == TCPTOP_READ_SOCKET_HASH)
-		return count_hash(sk, pid_tgid >> 32, ret, is_send);
+		return count_hash(sk, pid_tgid >> 32, ret, is_send, true);
 	if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
 		return count_array(sk, pid_tgid >> 32, ret, is_send);
 	return count_storage(sk, pid_tgid >> 32, ret, is_send);
@@ -56,19 +56,41 @@ static __always_inline int count_untyped(struct sock *sk, int ret, bool is_send)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (filtered_out(pid_tgid))
 		return 0;
-	return count_hash(sk, pid_tgid >> 32, ret, is_send);
+	return count_hash(sk, pid_tgid >> 32, ret, is_send, false);
 }
 
 static __always_inline void close_typed(struct sock *sk)
 {
 	if (settings.read_path == TCPTOP_READ_SOCKET_HASH)
-		close_hash(sk);
+		close_hash(sk, true);
 	else if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
 		close_array(sk);
 	else
 		close_storage(sk);
 }
+
+/* A retransmitted skb (tcp:tcp_retransmit_skb, softirq or timer context:
+ * no process to filter by), on the socket's owner's counters. */
+static __always_inline void retransmitted_typed(struct sock *sk, struct sk_buff *skb)
+{
+	if (settings.count_nothing)
+		return;
+	__u32 segs = retransmitted_segments(skb);
+	if (settings.read_path == TCPTOP_READ_SOCKET_HASH)
+		retransmit_hash(sk, segs);
+	else if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
+		retransmit_array(sk, segs);
+	else
+		retransmit_storage(sk, segs);
+}
+
+static __always_inline void retransmitted_untyped(struct sock *sk, struct sk_buff *skb)
+{
+	if (!settings.count_nothing)
+		retransmit_hash(sk, retransmitted_segments(skb));
+}
 #include "hooks_tracepoints.h"
+#include "hooks_health.h"
 #include "hooks_fexit.h"
 #include "hooks_kprobe.h"
 

@@ -29,6 +29,13 @@ struct tcptop_conn_value {
 	__u16 family; /* AF_INET or AF_INET6 */
 	__u16 pad;
 	__u8 comm[TCPTOP_COMM_LEN];
+	/* TCP health, on the socket's owner's value only (0 in "conns"):
+	 * segments retransmitted (tcp:tcp_retransmit_skb), and the kernel's
+	 * smoothed RTT in microseconds (tcp_sock.srtt_us / 8) as of the last
+	 * read, send, receive or close, by read path. */
+	__u64 retransmits;
+	__u32 srtt_us;
+	__u32 pad2;
 };
 
 /* Socket-local storage: the first process that moves bytes on a socket
@@ -47,6 +54,7 @@ struct tcptop_sock_value {
 	 * the rest still counts, as unattributed bytes. */
 	__u64 reported_sent_bytes;
 	__u64 reported_received_bytes;
+	__u64 reported_retransmits;
 };
 
 /* kprobe hooks: what the entry probe leaves for the return probe of the
@@ -80,7 +88,10 @@ enum tcptop_stat {
 	 * never ran. Their bytes are unknown; each is also one unattributed
 	 * event of its direction. */
 	TCPTOP_STAT_MISSED_CALLS = 6,
-	TCPTOP_STAT_COUNT = 7,
+	/* Segments retransmitted on sockets no process moved bytes on yet
+	 * (a SYN sent again) or whose owner is not tracked (map full). */
+	TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS = 7,
+	TCPTOP_STAT_COUNT = 8,
 };
 
 /* Load-time settings: the program's only read-only global, so it is the
@@ -129,10 +140,10 @@ enum tcptop_slot_state {
 };
 
 _Static_assert(sizeof(struct tcptop_settings) == 32, "settings layout");
-_Static_assert(sizeof(struct tcptop_sock_value) == 104, "socket value layout");
-_Static_assert(sizeof(struct tcptop_conn_record) == 88, "record layout");
+_Static_assert(sizeof(struct tcptop_sock_value) == 128, "socket value layout");
+_Static_assert(sizeof(struct tcptop_conn_record) == 104, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");
-_Static_assert(sizeof(struct tcptop_conn_value) == 72, "conn value layout");
-_Static_assert(sizeof(struct tcptop_slot) == 88, "slot layout");
+_Static_assert(sizeof(struct tcptop_conn_value) == 88, "conn value layout");
+_Static_assert(sizeof(struct tcptop_slot) == 104, "slot layout");
 
 #endif

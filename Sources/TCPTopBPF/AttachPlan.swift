@@ -67,6 +67,7 @@ public struct AttachPlan: Sendable, Equatable {
                 }
                 for close in closeKinds {
                     var programs = counting + [close == .tpBTF ? .destroy : .rawDestroy]
+                    programs += retransmitPrograms(close, kernel: kernel)
                     if hooks == .kprobe { programs.append(close == .tpBTF ? .threadExit : .rawThreadExit) }
                     if path == .storageIterator { programs.append(.dump) }
                     plans.append(AttachPlan(hooks: hooks, readPath: path, closeHooks: close, programs: programs))
@@ -80,6 +81,18 @@ public struct AttachPlan: Sendable, Equatable {
                               + impossible.joined(separator: "; "))
         }
         return (plans, impossible)
+    }
+
+    /// The retransmit hook, of the close hook's kind: one program per
+    /// signature of tcp:tcp_retransmit_skb; none where the kernel lacks it.
+    static func retransmitPrograms(_ close: Hooks, kernel: KernelHooks) -> [BPFProgram] {
+        switch (kernel.retransmitArguments, close) {
+        case (2, .tpBTF): [.retransmit]
+        case (3, .tpBTF): [.retransmitErr]
+        case (2, _): [.rawRetransmit]
+        case (3, _): [.rawRetransmitErr]
+        default: []
+        }
     }
 
     /// The send/receive programs of one hook kind, from the kernel's BTF.

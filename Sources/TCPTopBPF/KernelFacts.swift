@@ -24,10 +24,13 @@ public struct KernelHooks: Sendable, Equatable {
     public var tcpSendpageArguments: Int?
     /// The socket-storage map iterator target (bpf_iter_bpf_sk_storage_map).
     public var storageIterator: Bool
+    /// tcp:tcp_retransmit_skb's arguments (sk, skb; and err since 6.13), nil
+    /// where the kernel has no such tracepoint (before 4.16).
+    public var retransmitArguments: Int?
 
     public init(release: String, sendRecvTracepoints: Bool, destroyTracepoint: Bool,
                 tcpSendmsgArguments: Int?, tcpRecvmsgArguments: Int?, tcpSendpageArguments: Int?,
-                storageIterator: Bool = true) {
+                storageIterator: Bool = true, retransmitArguments: Int? = nil) {
         self.release = release
         self.sendRecvTracepoints = sendRecvTracepoints
         self.destroyTracepoint = destroyTracepoint
@@ -35,6 +38,7 @@ public struct KernelHooks: Sendable, Equatable {
         self.tcpRecvmsgArguments = tcpRecvmsgArguments
         self.tcpSendpageArguments = tcpSendpageArguments
         self.storageIterator = storageIterator
+        self.retransmitArguments = retransmitArguments
     }
 
     /// Reads /sys/kernel/btf/vmlinux (through libbpf).
@@ -48,6 +52,16 @@ public struct KernelHooks: Sendable, Equatable {
         let kindFunc: UInt32 = 12, kindFuncProto: UInt16 = 13
         func tracepoint(_ name: String) -> Bool {
             btf__find_by_name_kind(btf, "btf_trace_\(name)", UInt32(BTF_KIND_TYPEDEF)) >= 0
+        }
+        /// A tracepoint's arguments: its btf_trace_ typedef is a pointer to a
+        /// prototype whose first argument is the probe's data pointer.
+        func tracepointArguments(_ name: String) -> Int? {
+            let id = btf__find_by_name_kind(btf, "btf_trace_\(name)", UInt32(BTF_KIND_TYPEDEF))
+            guard id >= 0, let typedef = btf__type_by_id(btf, UInt32(id)),
+                  let pointer = btf__type_by_id(btf, typedef.pointee.type),
+                  let proto = btf__type_by_id(btf, pointer.pointee.type), btf_kind(proto) == kindFuncProto
+            else { return nil }
+            return Int(btf_vlen(proto)) - 1
         }
         func arguments(_ function: String) -> Int? {
             let id = btf__find_by_name_kind(btf, function, kindFunc)
@@ -64,6 +78,7 @@ public struct KernelHooks: Sendable, Equatable {
             tcpSendmsgArguments: arguments("tcp_sendmsg"),
             tcpRecvmsgArguments: arguments("tcp_recvmsg"),
             tcpSendpageArguments: arguments("tcp_sendpage"),
-            storageIterator: btf__find_by_name_kind(btf, "bpf_iter_bpf_sk_storage_map", kindFunc) >= 0)
+            storageIterator: btf__find_by_name_kind(btf, "bpf_iter_bpf_sk_storage_map", kindFunc) >= 0,
+            retransmitArguments: tracepointArguments("tcp_retransmit_skb"))
     }
 }

@@ -45,7 +45,8 @@ extension TCPTracer {
                 seen.insert(id)
             }
             samples.append(ConnectionSample(
-                id: id, labels: labels, sentBytes: value.sent_bytes, receivedBytes: value.received_bytes, closed: closed))
+                id: id, labels: labels, sentBytes: value.sent_bytes, receivedBytes: value.received_bytes, closed: closed,
+                retransmittedSegments: value.retransmits, smoothedRTTMicroseconds: value.srtt_us))
         }
         for record in owners.live { add(record.key, record.value, closed: false) }
         for (_, record) in owners.closed { add(record.key, record.value, closed: true) }
@@ -245,6 +246,7 @@ extension TCPTracer {
         counters.sendEvents = try sum(TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS)
         counters.receiveEvents = try sum(TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS)
         counters.closesNotRecorded = try sum(TCPTOP_STAT_CLOSED_NOT_RECORDED)
+        counters.retransmittedSegments = try sum(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS)
         return counters
     }
 }

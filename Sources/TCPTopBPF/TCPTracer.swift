@@ -42,6 +42,14 @@ public final class TCPTracer {
     /// One line for the log: the plan chosen and why.
     public let attachReason: String
     public let plan: AttachPlan
+    /// Whether retransmits are counted: the kernel has tcp:tcp_retransmit_skb.
+    public var countsRetransmits: Bool {
+        plan.programs.contains { [.retransmit, .retransmitErr, .rawRetransmit, .rawRetransmitErr].contains($0) }
+    }
+    /// Why a health family is not served, a line each (empty: all are).
+    public var healthGaps: [String] {
+        countsRetransmits ? [] : ["kernel \(kernelRelease()) has no tcp:tcp_retransmit_skb tracepoint (Linux >= 4.16): retransmits are not counted"]
+    }
     public let mapCapacity: UInt32
 
     let object: OpaquePointer

@@ -16,6 +16,23 @@ struct AttachPlanTests {
 
     static func names(_ plans: [AttachPlan]) -> [String] { plans.map(\.name) }
 
+    /// tcp:tcp_retransmit_skb has (sk, skb) before 6.13 and (sk, skb, err)
+    /// since: each plan takes the program of that signature, of its close
+    /// hook's kind; a kernel without it gets no retransmit program.
+    @Test(arguments: [(2, AttachPlan.Hooks.tpBTF, BPFProgram.retransmit), (3, .tpBTF, .retransmitErr),
+                      (2, .rawTP, .rawRetransmit), (3, .rawTP, .rawRetransmitErr)])
+    func theRetransmitHookFollowsTheCloseHookAndTheSignature(arguments: Int, close: AttachPlan.Hooks, program: BPFProgram) throws {
+        var kernel = Self.linux618
+        kernel.retransmitArguments = arguments
+        let (plans, _) = try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: kernel)
+        for plan in plans where plan.closeHooks == close {
+            #expect(plan.programs.filter { "\($0)".lowercased().contains("retransmit") } == [program], "\(plan.name)")
+        }
+        kernel.retransmitArguments = nil
+        let without = try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: kernel).plans
+        #expect(without.allSatisfy { plan in !plan.programs.contains { "\($0)".lowercased().contains("retransmit") } })
+    }
+
     @Test func withTheTracepointsEveryHookKindIsACandidateBestFirst() throws {
         let (plans, impossible) = try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: Self.linux618)
         #expect(Self.names(plans) == [

@@ -45,6 +45,17 @@ struct PreflightTests {
             else { return nil }
             return Int(vlen)
         }
+        /// typedef btf_trace_X → pointer → prototype, whose first argument is the probe's data.
+        func tracepointArguments(_ name: String) -> Int? {
+            func target(_ line: String?) -> String? {
+                line?.split(separator: " ").first(where: { $0.hasPrefix("type_id=") }).map { types["[\($0.dropFirst(8))]"] } ?? nil
+            }
+            guard let proto = target(target(named["TYPEDEF 'btf_trace_\(name)'"])),
+                  let vlen = proto.split(separator: " ").first(where: { $0.hasPrefix("vlen=") })?.dropFirst(5)
+            else { return nil }
+            return Int(vlen).map { $0 - 1 }
+        }
+        #expect(hooks.retransmitArguments == tracepointArguments("tcp_retransmit_skb"))
         let tracepoints = named["TYPEDEF 'btf_trace_sock_send_length'"] != nil
             && named["TYPEDEF 'btf_trace_sock_recv_length'"] != nil
         #expect(hooks.sendRecvTracepoints == tracepoints)

@@ -1,0 +1,66 @@
+import Foundation
+import Glibc
+import TCPTopBPF
+import TCPTopCore
+import Testing
+
+/// TCP health against the kernel's own per-socket facts, over the delay
+/// line (a real wire between two network namespaces): every read path the
+/// kernel allows counts the client's retransmitted segments exactly as its
+/// TCP_INFO does (tcpi_total_retrans), and shows its smoothed RTT within
+/// 10% of tcpi_rtt, while the connection is open and after it closed.
+@Suite(.serialized, .enabled(if: runningAsRoot && FileManager.default.fileExists(atPath: "/dev/net/tun"),
+                             "needs root, BPF, network namespaces and /dev/net/tun"))
+struct HealthTests {
+    @Test(arguments: KernelPlans.allowed)
+    func retransmitsAndRTTMatchTheKernelsOwnPerSocketFacts(plan: KernelPlans.Combination) throws {
+        let tracer = try TCPTracer.start(plan.options())
+        try #require(tracer.countsRetransmits, "\(tracer.healthGaps)")
+        let line = try DelayLine(["--delay-ms", "40", "--drop-percent", "3", "--drop-match", "data",
+                                  "--drop-side", "a", "--seed", "7"])
+        let size = 1 << 20
+        let server = try LinePeer(["serve", "--name", "tt-h-srv", "--address", DelayLine.serverAddress,
+                                   "--receive", "\(size)", "--send", "1"], hold: true, netns: line.serverNamespace)
+        let (serverPID, port) = try server.readReady()
+        let client = try LinePeer(["connect", "--name", "tt-h-cli", "--address", DelayLine.serverAddress,
+                                   "--port", "\(port)", "--send", "\(size)", "--receive", "1", "--tcp-info"],
+                                  hold: true, netns: line.clientNamespace)
+        let (clientPID, _) = try client.readReady()
+        // Printed once the server's byte came back: by then every client
+        // segment was acknowledged, so the count is final.
+        let info = DelayLineTests.fields(try client.readLine(timeout: 60))
+        try client.waitFor("HOLDING")
+        try server.waitFor("HOLDING")
+        let kernelRetransmits = try #require(info["total_retrans"]), kernelRTT = try #require(info["rtt_us"])
+        #expect(kernelRetransmits > 0, "3% of the client's data dropped: some segments must be sent again")
+
+        func check(_ samples: [ConnectionSample], closed: Bool) throws {
+            let clientEnd = try #require(samples.first { $0.id.pid == clientPID }, "\(plan): no client end")
+            let serverEnd = try #require(samples.first { $0.id.pid == serverPID }, "\(plan): no server end")
+            #expect(clientEnd.closed == closed && clientEnd.sentBytes == UInt64(size))
+            #expect(clientEnd.retransmittedSegments == UInt64(kernelRetransmits),
+                    "\(plan): \(clientEnd.retransmittedSegments) counted, the kernel says \(kernelRetransmits)")
+            #expect(serverEnd.retransmittedSegments == 0, "\(plan): only client data was dropped")
+            let rtt = Double(clientEnd.smoothedRTTMicroseconds)
+            #expect(abs(rtt - Double(kernelRTT)) <= 0.1 * Double(kernelRTT),
+                    "\(plan): RTT \(rtt) µs, the kernel's tcpi_rtt \(kernelRTT) µs")
+        }
+        try check(tracer.read().connections, closed: false)
+        client.release()
+        server.release()
+        try client.waitDone()
+        try server.waitDone()
+        // The sockets are destroyed once their FINs crossed the wire (a
+        // round trip or two, 80 ms each): read until both ends are final.
+        let deadline = Date().addingTimeInterval(10)
+        var final: [ConnectionSample] = []
+        while Date() < deadline {
+            final += try tracer.read().connections.filter { $0.closed && ($0.id.pid == clientPID || $0.id.pid == serverPID) }
+            if Set(final.map(\.id.pid)).count == 2 { break }
+            usleep(50_000)
+        }
+        try check(final, closed: true)
+        let stats = try line.stop()
+        print("health over the delay line (\(plan)): \(kernelRetransmits) retransmits (kernel) for \(stats.droppedAB) drops, tcpi_rtt \(kernelRTT) µs")
+    }
+}
