@@ -2,7 +2,8 @@ import TCPTopHTTP
 
 /// The command line of `tcptop`: bcc's options and meaning (`[-h] [-C] [-S]
 /// [-p PID] [interval] [count]`), libbpf-tools' extras (`-4`, `-6`, `-r`,
-/// `-s`, `-c`) and `--from URL`. Parsed by hand, argparse-style (`-CS`,
+/// `-s`, `-c`), `--from URL` and `-R` (RETRANS and RTT_MS columns, which
+/// neither original has). Parsed by hand, argparse-style (`-CS`,
 /// `-p181`, `--pid=181`, `--`), so that usage and errors read like the
 /// original's and every error is one line.
 
@@ -24,6 +25,8 @@ public struct TopOptions: Equatable, Sendable {
     /// Rows per table.
     public var rows = 20
     public var sort = TopSort.all
+    /// -R: add the RETRANS and RTT_MS columns.
+    public var healthColumns = false
     /// cgroup v2 directory: only its processes (BPF mode only).
     public var cgroupPath: String?
     /// Read a tcptop-exporter's metrics instead of tracing.
@@ -53,7 +56,7 @@ public struct TopUsageError: Error, Equatable, CustomStringConvertible {
 public enum TopArguments {
     public static let usage = """
         usage: tcptop [-h] [-C] [-S] [-p PID] [-c PATH] [-4 | -6] [-r ROWS]
-                      [-s {all,sent,received}] [--from URL]
+                      [-s {all,sent,received}] [-R] [--from URL]
                       [interval] [count]
 
         Summarize TCP send/recv throughput by host
@@ -74,6 +77,9 @@ public enum TopArguments {
           -r ROWS, --rows ROWS  maximum rows to print per table (default 20)
           -s SORT, --sort SORT  sort rows by all (sent + received, default),
                                 sent or received
+          -R, --retrans         add columns RETRANS (segments retransmitted in
+                                the interval) and RTT_MS (smoothed round-trip
+                                time at the interval's end); - when unknown
           --from URL            show a running tcptop-exporter's counters instead
                                 of tracing (no root needed); URL is
                                 [http://]host[:port][/path], port 9435 and path
@@ -95,6 +101,7 @@ public enum TopArguments {
             tcptop -p 181          # only trace PID 181
             tcptop -C 5 10         # 5 second summaries, 10 times, no clearing
             tcptop -6 -s sent      # IPv6 only, sorted by bytes sent
+            tcptop -R              # with retransmits and RTT per connection
             tcptop -c /sys/fs/cgroup/unified/system.slice   # only this cgroup
             tcptop --from http://db1:9435/metrics          # view a remote exporter
             tcptop --from https://db1:9435 --ca-file ca.crt --user prometheus --password-file pw
@@ -149,6 +156,7 @@ public enum TopArguments {
                 case "nosummary": try flag(); options.noSummary = true
                 case "ipv4": try flag(); ipv4 = true
                 case "ipv6": try flag(); ipv6 = true
+                case "retrans": try flag(); options.healthColumns = true
                 case "pid": options.pid = try pid(value("-p/--pid", attached: attached))
                 case "cgroup": options.cgroupPath = try cgroup(value("-c/--cgroup", attached: attached))
                 case "rows": options.rows = try rows(value("-r/--rows", attached: attached))
@@ -175,6 +183,7 @@ public enum TopArguments {
                 case "S": options.noSummary = true
                 case "4": ipv4 = true
                 case "6": ipv6 = true
+                case "R": options.healthColumns = true
                 case "p": options.pid = try pid(value("-p/--pid", attached: attached)); letters = ""
                 case "c": options.cgroupPath = try cgroup(value("-c/--cgroup", attached: attached)); letters = ""
                 case "r": options.rows = try rows(value("-r/--rows", attached: attached)); letters = ""

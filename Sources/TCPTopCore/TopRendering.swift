@@ -10,7 +10,8 @@
 ///     ...
 ///
 /// Columns are bcc's `%-6s %-12s %-21s %-21s %6s %6s` (32-wide address
-/// columns for IPv6). The PID column widens for the whole table when a pid
+/// columns for IPv6); -R adds ` %7s %6s`, RETRANS and RTT_MS (`-` when
+/// unknown). The PID column widens for the whole table when a pid
 /// has more than 6 digits, so columns stay aligned. Addresses longer than
 /// their column push the rest of the row right, as in the original.
 public struct TopScreen: Sendable {
@@ -25,16 +26,21 @@ public struct TopScreen: Sendable {
     /// Show only this pid (nil = all). The tracer filters in the kernel
     /// already; `--from` filters here.
     public var pid: UInt32?
+    /// -R: the RETRANS and RTT_MS columns, and rows that only retransmitted.
+    public var healthColumns: Bool
 
-    public init(sort: TopSort = .all, maxRows: Int = 20, family: AddressFamily? = nil, pid: UInt32? = nil) {
+    public init(sort: TopSort = .all, maxRows: Int = 20, family: AddressFamily? = nil, pid: UInt32? = nil,
+                healthColumns: Bool = false) {
         self.sort = sort
         self.maxRows = maxRows
         self.family = family
         self.pid = pid
+        self.healthColumns = healthColumns
     }
 
     public init(options: TopOptions) {
-        self.init(sort: options.sort, maxRows: options.rows, family: options.family, pid: options.pid)
+        self.init(sort: options.sort, maxRows: options.rows, family: options.family, pid: options.pid,
+                  healthColumns: options.healthColumns)
     }
 
     /// One interval's output. `summary` is the line above the tables (nil with -S).
@@ -43,7 +49,10 @@ public struct TopScreen: Sendable {
         if let summary { text += summary + "\n\n" }
         var tables: [String] = []
         for tableFamily in AddressFamily.allCases where family == nil || family == tableFamily {
-            let members = rows.filter { $0.labels.family == tableFamily && (pid == nil || $0.labels.pid == pid) }
+            let members = rows.filter {
+                $0.labels.family == tableFamily && (pid == nil || $0.labels.pid == pid)
+                    && ($0.totalBytes > 0 || healthColumns)  // without -R, as the original: rows that moved bytes
+            }
             if !members.isEmpty { tables.append(table(family: tableFamily, rows: members)) }
         }
         text += tables.joined(separator: "\n")
@@ -55,24 +64,29 @@ public struct TopScreen: Sendable {
         let shown = sorted(rows).prefix(maxRows)
         let addressWidth = family == .ipv4 ? 21 : 32
         let pidWidth = max(6, shown.map { String($0.labels.pid).count }.max() ?? 0)
-        func line(_ pid: String, _ comm: String, _ local: String, _ remote: String, _ rx: String, _ tx: String) -> String {
-            left(pid, pidWidth) + " " + left(comm, 12) + " " + left(local, addressWidth) + " "
-                + left(remote, addressWidth) + " " + right(rx, 6) + " " + right(tx, 6) + "\n"
+        func line(_ pid: String, _ comm: String, _ local: String, _ remote: String, _ rx: String, _ tx: String,
+                  _ health: (retrans: String, rtt: String)) -> String {
+            var text = left(pid, pidWidth) + " " + left(comm, 12) + " " + left(local, addressWidth) + " "
+                + left(remote, addressWidth) + " " + right(rx, 6) + " " + right(tx, 6)
+            if healthColumns { text += " " + right(health.retrans, 7) + " " + right(health.rtt, 6) }
+            return text + "\n"
         }
         let suffix = family == .ipv4 ? "" : "6"
-        var text = line("PID", "COMM", "LADDR" + suffix, "RADDR" + suffix, "RX_KB", "TX_KB")
+        var text = line("PID", "COMM", "LADDR" + suffix, "RADDR" + suffix, "RX_KB", "TX_KB", ("RETRANS", "RTT_MS"))
         for row in shown {
             let labels = row.labels
             text += line(
                 String(labels.pid), String(Self.displayName(labels.comm).prefix(12)),
                 "\(labels.localAddress):\(labels.localPort)", "\(labels.remoteAddress):\(labels.remotePort)",
-                String(row.receivedBytes / 1024), String(row.sentBytes / 1024))
+                String(row.receivedBytes / 1024), String(row.sentBytes / 1024),
+                (row.retransmittedSegments.map { String($0) } ?? "-", Self.millisecondsText(row.smoothedRTTMicroseconds)))
         }
         return text
     }
 
-    /// Largest first by the sort key, then by total; ties by pid, name and
-    /// addresses so that the output is deterministic.
+    /// Largest first by the sort key, then by total (then, with -R, by
+    /// retransmits); ties by pid, name and addresses so that the output is
+    /// deterministic.
     public func sorted(_ rows: [TopRow]) -> [TopRow] {
         func key(_ row: TopRow) -> UInt64 {
             switch sort {
@@ -84,6 +98,9 @@ public struct TopScreen: Sendable {
         return rows.sorted { a, b in
             if key(a) != key(b) { return key(a) > key(b) }
             if a.totalBytes != b.totalBytes { return a.totalBytes > b.totalBytes }
+            if healthColumns, a.retransmittedSegments != b.retransmittedSegments {  // shown: more first
+                return (a.retransmittedSegments ?? 0) > (b.retransmittedSegments ?? 0)
+            }
             let x = a.labels, y = b.labels
             if x.pid != y.pid { return x.pid < y.pid }
             if x.comm != y.comm { return x.comm.lexicographicallyPrecedes(y.comm) }
@@ -92,6 +109,14 @@ public struct TopScreen: Sendable {
             if x.remoteAddress != y.remoteAddress { return x.remoteAddress < y.remoteAddress }
             return x.remotePort < y.remotePort
         }
+    }
+
+    /// Microseconds as milliseconds with one decimal, rounded half up
+    /// (80812 → "80.8"); `-` when unknown.
+    public static func millisecondsText(_ microseconds: UInt32?) -> String {
+        guard let microseconds else { return "-" }
+        let tenths = (UInt64(microseconds) + 50) / 100
+        return "\(tenths / 10).\(tenths % 10)"
     }
 
     /// A process name as one line of text: bytes that are not UTF-8 become

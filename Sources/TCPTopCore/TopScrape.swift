@@ -47,26 +47,48 @@ public enum TopScrape {
     /// `<prefix>_received_bytes_total` families with all seven labels (the
     /// exporter's default view); other series, and the `__overflow__`
     /// series of a view past its max_series, are skipped.
+    ///
+    /// `<prefix>_retransmitted_segments_total` and `<prefix>_rtt_seconds`
+    /// fill in the health fields. An exporter whose kernel has no
+    /// retransmit hook has no retransmit family: then every reading's
+    /// retransmits are nil (unknown, never a made-up 0); with the family,
+    /// a series without its own sample has retransmitted nothing. A series
+    /// without an RTT sample has no known RTT.
     public static func readings(from samples: [ParsedSample], prefix: String = "tcptop")
         -> [TopCounterReading<ConnectionLabels>]
     {
         let sentName = prefix + "_sent_bytes_total", receivedName = prefix + "_received_bytes_total"
+        let retransmittedName = prefix + "_retransmitted_segments_total", rttName = prefix + "_rtt_seconds"
         var order: [ConnectionLabels] = []
-        var counters: [ConnectionLabels: (sent: UInt64, received: UInt64)] = [:]
-        for sample in samples where sample.name == sentName || sample.name == receivedName {
-            guard let labels = connectionLabels(sample.labels), sample.value.isFinite, sample.value >= 0,
-                sample.value < 1.8e19
-            else { continue }
-            let value = UInt64(sample.value)
-            if counters[labels] == nil {
+        var readings: [ConnectionLabels: TopCounterReading<ConnectionLabels>] = [:]
+        var retransmitsCounted = false
+        for sample in samples {
+            let name = sample.name
+            guard name == sentName || name == receivedName || name == retransmittedName || name == rttName else { continue }
+            if name == retransmittedName { retransmitsCounted = true }  // the overflow series counts too
+            guard let labels = connectionLabels(sample.labels), sample.value.isFinite, sample.value >= 0 else { continue }
+            if readings[labels] == nil {
                 order.append(labels)
-                counters[labels] = (0, 0)
+                readings[labels] = TopCounterReading(key: labels, labels: labels, sentBytes: 0, receivedBytes: 0)
             }
-            if sample.name == sentName { counters[labels]!.sent = value } else { counters[labels]!.received = value }
+            if name == rttName {
+                // Seconds with microsecond precision; past UInt32's microseconds (71 minutes) is not an RTT.
+                let microseconds = (sample.value * 1e6).rounded()
+                if microseconds <= Double(UInt32.max) { readings[labels]!.smoothedRTTMicroseconds = UInt32(microseconds) }
+                continue
+            }
+            guard sample.value < 1.8e19 else { continue }
+            let value = UInt64(sample.value)
+            switch name {
+            case sentName: readings[labels]!.sentBytes = value
+            case receivedName: readings[labels]!.receivedBytes = value
+            default: readings[labels]!.retransmittedSegments = value
+            }
         }
         return order.map { labels in
-            let counter = counters[labels]!
-            return TopCounterReading(key: labels, labels: labels, sentBytes: counter.sent, receivedBytes: counter.received)
+            var reading = readings[labels]!
+            if retransmitsCounted, reading.retransmittedSegments == nil { reading.retransmittedSegments = 0 }
+            return reading
         }
     }
 

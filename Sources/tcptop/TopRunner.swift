@@ -30,8 +30,11 @@ struct TopRunner {
         _ = try? LeastPrivilege.dropAfterAttach(tracer!)
         // The tracer counts from attach: the first interval starts now.
         var counter = TopIntervalCounter<ConnectionID>()
+        // RETRANS stays `-` (unknown, not a made-up 0) until the tracer says
+        // its retransmit hook is attached; then pass that here.
+        let retransmitsCounted = false
         let status = loop(summary: { Self.loadSummary() }) {
-            counter.advance(samples: try tracer!.read().connections)
+            counter.advance(samples: try tracer!.read().connections, retransmitsCounted: retransmitsCounted)
         }
         tracer = nil  // detach the BPF programs before exiting
         return status

@@ -45,6 +45,18 @@ import TCPTopCore
         #expect(try options("-- 3 4").count == 4)
     }
 
+    @Test func healthColumns() throws {
+        #expect(try !options("").healthColumns)
+        #expect(try options("-R").healthColumns)
+        #expect(try options("--retrans 5") == TopOptions().with { $0.healthColumns = true; $0.interval = 5 })
+        #expect(try options("-CRS 2") == TopOptions().with {
+            $0.noClear = true; $0.healthColumns = true; $0.noSummary = true; $0.interval = 2
+        })
+        #expect(try options("-R --from db1").fromURL == TopMetricsURL(host: "db1"))
+        #expect(TopArguments.usage.contains("[-s {all,sent,received}] [-R] [--from URL]"))
+        #expect(TopArguments.usage.contains("  -R, --retrans         add columns RETRANS"))
+    }
+
     @Test func help() throws {
         #expect(try TopArguments.parse(["-h"]) == .help)
         #expect(try TopArguments.parse(["-C", "--help", "bogus"]) == .help)
@@ -69,6 +81,9 @@ import TCPTopCore
         (["-r", "0"], "-r/--rows: invalid row count \"0\": must be a positive number"),
         (["-x"], "unrecognized option \"-x\" (see tcptop -h)"),
         (["--noclear=yes"], "--noclear takes no value"),
+        (["--retrans=1"], "--retrans takes no value"),
+        (["-Rr"], "-r/--rows: expected a value"),
+        (["-Rz"], "unrecognized option \"-z\" (see tcptop -h)"),
         (["--bogus"], "unrecognized option \"--bogus\" (see tcptop -h)"),
         (["--from", "ftp://h/"], "--from: \"ftp://h/\": only http:// and https:// URLs are supported"),
         (["--from", "h:99999"], "--from: \"h:99999\": invalid port \"99999\""),

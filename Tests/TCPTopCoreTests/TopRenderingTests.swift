@@ -5,12 +5,12 @@ import TCPTopCore
 func topRow(
     pid: UInt32, comm: String = "sshd", family: AddressFamily = .ipv4,
     laddr: String = "100.66.3.172", lport: UInt16 = 22, raddr: String = "100.127.69.165", rport: UInt16 = 6684,
-    sent: UInt64, received: UInt64
+    sent: UInt64, received: UInt64, retrans: UInt64? = nil, rtt: UInt32? = nil
 ) -> TopRow {
     TopRow(
         labels: ConnectionLabels(pid: pid, comm: Array(comm.utf8), family: family, localAddress: laddr,
                                  localPort: lport, remoteAddress: raddr, remotePort: rport),
-        sentBytes: sent, receivedBytes: received)
+        sentBytes: sent, receivedBytes: received, retransmittedSegments: retrans, smoothedRTTMicroseconds: rtt)
 }
 
 /// Golden text for the renderer. The expected tables were produced with
@@ -155,5 +155,69 @@ func topRow(
         #expect(TopScreen.sourceLine(time: "20:27:12", source: "http://db1:9435/metrics")
             == "20:27:12 source: http://db1:9435/metrics")
         #expect(TopScreen.startLine(interval: 5) == "Tracing... Output every 5 secs. Hit Ctrl-C to end\n")
+    }
+
+    // -R. Expected rows made with Python's `%` and the format
+    // "%-6s %-12.12s %-21s %-21s %6s %6s %7s %6s" (32-wide for IPv6).
+    let health = [
+        topRow(pid: 16647, sent: 2149 * 1024, received: 1023, retrans: 37, rtt: 80812),
+        topRow(pid: 31997, comm: "curl", laddr: "10.0.0.2", lport: 33154, raddr: "10.0.0.1", rport: 8080,
+               sent: 0, received: 3 * 1024, retrans: 0),
+        topRow(pid: 14374, rport: 25219, sent: 0, received: 0, retrans: 4, rtt: 1050),
+        topRow(pid: 100, sent: 0, received: 0, retrans: 9, rtt: 200_049),
+        topRow(pid: 16681, family: .ipv6, laddr: "fe80::8a3:9dff:fed5:6b19", lport: 22,
+               raddr: "fe80::8a3:9dff:fed5:6b19", rport: 16606, sent: 2048, received: 1024),
+        topRow(pid: 16679, comm: "ssh", family: .ipv6, laddr: "fe80::8a3:9dff:fed5:6b19", lport: 16606,
+               raddr: "fe80::8a3:9dff:fed5:6b19", rport: 22, sent: 1024, received: 1024,
+               retrans: 12_345_678, rtt: 1_234_567),
+    ]
+
+    @Test func healthColumnsInBothTables() {
+        let text = TopScreen(healthColumns: true).render(rows: health, summary: "19:46:24 loadavg: 1.86 2.67 2.91 3/362 16681", clear: false)
+        #expect(text == """
+
+            19:46:24 loadavg: 1.86 2.67 2.91 3/362 16681
+
+            PID    COMM         LADDR                 RADDR                  RX_KB  TX_KB RETRANS RTT_MS
+            16647  sshd         100.66.3.172:22       100.127.69.165:6684        0   2149      37   80.8
+            31997  curl         10.0.0.2:33154        10.0.0.1:8080              3      0       0      -
+            100    sshd         100.66.3.172:22       100.127.69.165:6684        0      0       9  200.0
+            14374  sshd         100.66.3.172:22       100.127.69.165:25219       0      0       4    1.1
+
+            PID    COMM         LADDR6                           RADDR6                            RX_KB  TX_KB RETRANS RTT_MS
+            16681  sshd         fe80::8a3:9dff:fed5:6b19:22      fe80::8a3:9dff:fed5:6b19:16606        1      2       -      -
+            16679  ssh          fe80::8a3:9dff:fed5:6b19:16606   fe80::8a3:9dff:fed5:6b19:22           1      1 12345678 1234.6
+
+            """)
+    }
+
+    @Test func withoutTheOptionTheOutputIsTheOriginals() {
+        // The same rows: no health columns, and rows that only retransmitted are not shown.
+        #expect(TopScreen().render(rows: health, summary: nil, clear: false) == """
+
+            PID    COMM         LADDR                 RADDR                  RX_KB  TX_KB
+            16647  sshd         100.66.3.172:22       100.127.69.165:6684        0   2149
+            31997  curl         10.0.0.2:33154        10.0.0.1:8080              3      0
+
+            PID    COMM         LADDR6                           RADDR6                            RX_KB  TX_KB
+            16681  sshd         fe80::8a3:9dff:fed5:6b19:22      fe80::8a3:9dff:fed5:6b19:16606        1      2
+            16679  ssh          fe80::8a3:9dff:fed5:6b19:16606   fe80::8a3:9dff:fed5:6b19:22           1      1
+
+            """)
+    }
+
+    @Test func onlyRetransmittedRowsNeedTheOption() {
+        let quiet = [topRow(pid: 5, sent: 0, received: 0, retrans: 3, rtt: 40_000)]
+        #expect(TopScreen().render(rows: quiet, summary: nil, clear: false) == "\n")
+        #expect(TopScreen(healthColumns: true).render(rows: quiet, summary: nil, clear: false).hasSuffix(
+            "5      sshd         100.66.3.172:22       100.127.69.165:6684        0      0       3   40.0\n"))
+    }
+
+    @Test(arguments: [
+        (UInt32?.none, "-"), (0, "0.0"), (49, "0.0"), (50, "0.1"), (80812, "80.8"), (80850, "80.9"),
+        (1_234_567, "1234.6"), (UInt32.max, "4294967.3"),
+    ] as [(UInt32?, String)])
+    func millisecondsWithOneDecimal(microseconds: UInt32?, text: String) {
+        #expect(TopScreen.millisecondsText(microseconds) == text)
     }
 }

@@ -63,4 +63,71 @@ import TCPTopCore
             """))
         #expect(rows.map { [$0.labels.pid, UInt32($0.sentBytes), UInt32($0.receivedBytes)] } == [[1, 2048, 0], [2, 0, 1024]])
     }
+
+    // -R: the exporter's health families.
+    static let a = #"{pid="1",comm="a",family="ipv4",laddr="1.1.1.1",lport="1",raddr="2.2.2.2",rport="2"}"#
+    static let b = #"{pid="2",comm="b",family="ipv6",laddr="::1",lport="3",raddr="::1",rport="4"}"#
+    static let overflow = #"{pid="__overflow__",comm="__overflow__",family="__overflow__",laddr="__overflow__",lport="__overflow__",raddr="__overflow__",rport="__overflow__"}"#
+
+    func health(_ text: String) throws -> [[UInt64?]] {
+        TopScrape.readings(from: try ExpositionParser.parse(text)).map {
+            [UInt64($0.labels.pid), $0.retransmittedSegments, $0.smoothedRTTMicroseconds.map(UInt64.init)]
+        }
+    }
+
+    @Test func healthFamiliesFillTheReadings() throws {
+        #expect(try health("""
+            # TYPE tcptop_sent_bytes_total counter
+            tcptop_sent_bytes_total\(Self.a) 10
+            tcptop_sent_bytes_total\(Self.b) 20
+            # TYPE tcptop_retransmitted_segments_total counter
+            tcptop_retransmitted_segments_total\(Self.a) 95
+            tcptop_retransmitted_segments_total\(Self.b) 0
+            # TYPE tcptop_rtt_seconds gauge
+            tcptop_rtt_seconds\(Self.a) 0.080812
+            tcptop_rtt_seconds\(Self.b) 0.000012
+            other_rtt_seconds\(Self.b) 9
+            """) == [[1, 95, 80_812], [2, 0, 12]])
+    }
+
+    @Test func anAbsentRetransmitFamilyIsUnknownNotZero() throws {
+        // An exporter whose kernel has no retransmit hook; b has no RTT either.
+        #expect(try health("""
+            tcptop_sent_bytes_total\(Self.a) 10
+            tcptop_sent_bytes_total\(Self.b) 20
+            tcptop_rtt_seconds\(Self.a) 0.0405
+            """) == [[1, nil, 40_500], [2, nil, nil]])
+        // With the family, a series without its own sample retransmitted nothing.
+        #expect(try health("""
+            tcptop_sent_bytes_total\(Self.a) 10
+            tcptop_sent_bytes_total\(Self.b) 20
+            tcptop_retransmitted_segments_total\(Self.overflow) 7
+            """) == [[1, 0, nil], [2, 0, nil]])
+    }
+
+    @Test func badHealthValuesAreSkipped() throws {
+        #expect(try health("""
+            tcptop_sent_bytes_total\(Self.a) 10
+            tcptop_retransmitted_segments_total\(Self.a) -1
+            tcptop_rtt_seconds\(Self.a) NaN
+            tcptop_sent_bytes_total\(Self.b) 20
+            tcptop_retransmitted_segments_total\(Self.b) 3
+            tcptop_rtt_seconds\(Self.b) 5000
+            """) == [[1, 0, nil], [2, 3, nil]])
+    }
+
+    @Test func retransmitsBetweenScrapes() throws {
+        func readings(_ retransmits: Int) throws -> [TopCounterReading<ConnectionLabels>] {
+            TopScrape.readings(from: try ExpositionParser.parse("""
+                tcptop_sent_bytes_total\(Self.a) 4096
+                tcptop_retransmitted_segments_total\(Self.a) \(retransmits)
+                tcptop_rtt_seconds\(Self.a) 0.0808
+                """))
+        }
+        var counter = TopIntervalCounter<ConnectionLabels>()
+        _ = counter.advance(try readings(90))  // the baseline
+        let rows = counter.advance(try readings(95))
+        #expect(rows.map { [$0.sentBytes, $0.retransmittedSegments, $0.smoothedRTTMicroseconds.map(UInt64.init)] }
+            == [[0, 5, 80_800]])
+    }
 }
