@@ -30,9 +30,8 @@ struct TopRunner {
         _ = try? LeastPrivilege.dropAfterAttach(tracer!)
         // The tracer counts from attach: the first interval starts now.
         var counter = TopIntervalCounter<ConnectionID>()
-        // RETRANS stays `-` (unknown, not a made-up 0) until the tracer says
-        // its retransmit hook is attached; then pass that here.
-        let retransmitsCounted = false
+        // Without the retransmit hook RETRANS is `-` (unknown), not a made-up 0.
+        let retransmitsCounted = tracer!.countsRetransmits
         let status = loop(summary: { Self.loadSummary() }) {
             counter.advance(samples: try tracer!.read().connections, retransmitsCounted: retransmitsCounted)
         }

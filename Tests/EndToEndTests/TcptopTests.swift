@@ -286,6 +286,39 @@ struct TcptopTests {
         try expectExchange(exchange, in: output)
     }
 
+    /// -R over the delay line: the client's RETRANS summed over the intervals
+    /// is the kernel's own tcpi_total_retrans, its last RTT_MS within 10% of
+    /// tcpi_rtt; the server, whose data was never dropped, shows 0.
+    @Test(.enabled(if: runningAsRoot && FileManager.default.fileExists(atPath: "/dev/net/tun"), "needs root and /dev/net/tun"))
+    func retransColumnsShowTheKernelsOwnCounts() throws {
+        let line = try DelayLine(["--delay-ms", "40", "--drop-percent", "3", "--drop-match", "data", "--drop-side", "a", "--seed", "5"])
+        let top = try TcptopRun(["-C", "-R", "-r", allRows, "1", "5"])
+        try top.waitForTracing()
+        let server = try LinePeer(["serve", "--name", "tt-r-srv", "--address", DelayLine.serverAddress,
+                                   "--receive", "\(1 << 20)", "--send", "1"], hold: true, netns: line.serverNamespace)
+        let (serverPID, port) = try server.readReady()
+        let client = try LinePeer(["connect", "--name", "tt-r-cli", "--address", DelayLine.serverAddress, "--port", "\(port)",
+                                   "--send", "\(1 << 20)", "--receive", "1", "--tcp-info"], hold: true, netns: line.clientNamespace)
+        let (clientPID, _) = try client.readReady()
+        let info = DelayLineTests.fields(try client.readLine(timeout: 60))
+        try client.waitFor("HOLDING")
+        try top.waitForIntervals(top.intervalsSoFar + 2)  // an interval ended with the connection open and idle
+        client.release()
+        server.release()
+        let output = try top.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        let retransmits = try #require(info["total_retrans"]), rtt = try #require(info["rtt_us"])
+        #expect(retransmits > 0)
+        let rows = output.lines.map { $0.split(separator: " ") }.filter { $0.count == 8 }
+        let clientRows = rows.filter { $0[0] == "\(clientPID)" }, serverRows = rows.filter { $0[0] == "\(serverPID)" }
+        try #require(!clientRows.isEmpty && !serverRows.isEmpty, "rows in:\n\(output.stdout)")
+        #expect(clientRows.compactMap { Int($0[6]) }.reduce(0, +) == retransmits, "kernel: \(retransmits), rows: \(clientRows)")
+        #expect(serverRows.allSatisfy { $0[6] == "0" }, "\(serverRows)")
+        let shown = try #require(Double(clientRows.last![7]), "\(clientRows)")
+        #expect(abs(shown * 1000 - Double(rtt)) <= 0.1 * Double(rtt), "RTT_MS \(shown), tcpi_rtt \(rtt) µs")
+        print("tcptop -R over the delay line: client rows \(clientRows.map { $0.joined(separator: " ") }), tcpi_total_retrans \(retransmits), tcpi_rtt \(rtt) µs")
+    }
+
     /// Both ends of the exchange: pid, name, addresses, KB summed over the intervals
     /// (a transfer may straddle two intervals; each interval rounds down).
     private func expectExchange(_ exchange: TrafficPeers.Exchange, in output: TcptopOutput) throws {
