@@ -156,6 +156,8 @@ public final class Daemon: Sendable {
         log.info("BPF programs attached", metadata: [
             "mode": "\(tracer.attachMode)", "read_path": "\(tracer.readPath)", "map_capacity": "\(tracer.mapCapacity)", "reason": "\(tracer.attachReason)",
         ])
+        // A family the kernel cannot feed is absent, never zeros that look like health.
+        for gap in tracer.healthGaps { log.warning("\(gap)") }
         let collector = MetricsCollector(tracer: tracer, registry: ConnectionRegistry(config: config), version: tcptopVersion)
 
         notifier.status("Binding \(config.web.listenAddresses.map(\.description).joined(separator: ", "))")

@@ -12,6 +12,8 @@ public final class MetricsCollector: @unchecked Sendable {
         public var mapCapacity: UInt32
         public var attachMode: String
         public var readPath: String
+        /// The kernel has the retransmit hook: its families are served.
+        public var countsRetransmits: Bool
     }
 
     private let lock = NSLock()
@@ -36,7 +38,8 @@ public final class MetricsCollector: @unchecked Sendable {
     public init(tracer: TCPTracer, registry: ConnectionRegistry, version: String) {
         self.tracer = tracer
         self.registry = registry
-        self.info = SelfInfo(version: version, mapCapacity: tracer.mapCapacity, attachMode: tracer.attachMode, readPath: tracer.readPath)
+        self.info = SelfInfo(version: version, mapCapacity: tracer.mapCapacity, attachMode: tracer.attachMode, readPath: tracer.readPath,
+                             countsRetransmits: tracer.countsRetransmits)
         self.lastSuccessfulReadValue = monotonicSeconds()
     }
 

@@ -24,6 +24,12 @@ struct SelfMetrics {
                       help: "Send and receive calls counted while the kernel map was full.", type: .counter)
         writer.sample(name: "tcptop_unattributed_events_total", labels: [("direction", "sent")], value: unattributed.sendEvents)
         writer.sample(name: "tcptop_unattributed_events_total", labels: [("direction", "received")], value: unattributed.receiveEvents)
+        if info.countsRetransmits {
+            writer.family(name: "tcptop_unattributed_retransmitted_segments_total",
+                          help: "TCP segments retransmitted on sockets no tracked process had moved bytes on (a SYN sent again, or the kernel map full).",
+                          type: .counter)
+            writer.sample(name: "tcptop_unattributed_retransmitted_segments_total", value: unattributed.retransmittedSegments)
+        }
 
         writer.family(name: "tcptop_exporter_build_info", help: "A metric with a constant 1 labelled by version.", type: .gauge)
         writer.sample(name: "tcptop_exporter_build_info", labels: [("version", info.version)], value: UInt64(1))
