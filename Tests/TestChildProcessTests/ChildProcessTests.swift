@@ -27,16 +27,20 @@ struct ChildProcessTests {
         child.terminate()  // reaped: no signal is sent (the pid may be another's now), nothing fails
     }
 
-    @Test func terminateSendsSIGTERM() throws {
-        // The child unblocks every signal (it starts with this thread's mask, which may block SIGTERM).
+    /// terminate() sends SIGTERM, interrupt() SIGINT.
+    @Test(arguments: [SIGTERM, SIGINT])
+    func terminateAndInterruptSendTheirSignal(signal: Int32) throws {
+        // The child unblocks every signal (it starts with this thread's mask, which may block
+        // SIGTERM) and takes SIGINT's default action (not Python's KeyboardInterrupt).
         let output = Pipe()
-        let child = try start("/usr/bin/python3", ["-c", "import signal; signal.pthread_sigmask(signal.SIG_SETMASK, []); print('ready', flush=True); signal.pause()"],
-                              stdout: output)
+        let script = "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            + "signal.pthread_sigmask(signal.SIG_SETMASK, []); print('ready', flush=True); signal.pause()"
+        let child = try start("/usr/bin/python3", ["-c", script], stdout: output)
         #expect(try readAll(output, until: "\n") == "ready\n")
-        child.terminate()
-        child.waitUntilExit()  // bounded: SIGTERM kills it
+        if signal == SIGTERM { child.terminate() } else { child.interrupt() }
+        #expect(child.waitUntilExit(timeout: 10))
         #expect(child.terminationReason == .uncaughtSignal)
-        #expect(child.terminationStatus == SIGTERM)
+        #expect(child.terminationStatus == signal)
     }
 
     @Test func pipesCarryBytesBothWays() throws {
