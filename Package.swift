@@ -59,9 +59,13 @@ let package = Package(
             name: "tcptop-bench",
             dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP", "CTCPTop"]
         ),
+        // Child processes for the tests, started with posix_spawn, not
+        // Foundation's Process (see ChildProcess.swift for why).
+        .target(name: "TestChildProcess", dependencies: ["CTCPTop"], path: "Tests/TestChildProcess"),
+        .testTarget(name: "TestChildProcessTests", dependencies: ["TestChildProcess"]),
         .testTarget(name: "TCPTopCoreTests", dependencies: ["TCPTopCore"]),
-        .testTarget(name: "TCPTopHTTPTests", dependencies: ["TCPTopHTTP", "CTCPTop"]),
+        .testTarget(name: "TCPTopHTTPTests", dependencies: ["TCPTopHTTP", "CTCPTop", "TestChildProcess"]),
         .testTarget(name: "TCPTopServerTests", dependencies: ["TCPTopServer"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP", "TCPTopServer"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP", "TCPTopServer", "TestChildProcess"]),
     ]
 )

@@ -179,3 +179,8 @@ size_t tcptop_x509_sans(X509 *cert, char *out, size_t size)
 	GENERAL_NAMES_free(names);
 	return used;
 }
+
+int tcptop_spawn_file_actions_addclosefrom(posix_spawn_file_actions_t *actions, int lowfd)
+{
+	return posix_spawn_file_actions_addclosefrom_np(actions, lowfd);
+}

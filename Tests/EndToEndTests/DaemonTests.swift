@@ -2,6 +2,7 @@ import Foundation
 import TCPTopBPF
 import Glibc
 import TCPTopCore
+import TestChildProcess
 import Testing
 
 /// The real daemon, as a child process: READY=1 over a test NOTIFY_SOCKET,
@@ -392,7 +393,7 @@ func bpfProgramIDs(ofProcess pid: Int32) -> Set<Int> {
 /// is killed and the status is -1, with the reason in stderr.
 @discardableResult
 func run(_ executable: String, _ arguments: [String], timeout: Double = 60) -> (status: Int32, stdout: String, stderr: String) {
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     let out = PipeReader(), err = PipeReader()

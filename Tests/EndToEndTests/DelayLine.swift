@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestChildProcess
 
 /// A wire with delay and loss between two network namespaces: the
 /// namespaces made by Tests/tools/delayline-netns.sh, the packets carried
@@ -13,7 +14,7 @@ final class DelayLine {
     let name = "tt-dl-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
     var clientNamespace: String { name + "-a" }
     var serverNamespace: String { name + "-b" }
-    private let process = Process()
+    private let process = ChildProcess()
     private let output = PipeReader()
     private let errors = PipeReader()
 
@@ -84,7 +85,7 @@ final class DelayLine {
     /// Runs a command to its end within `timeout` seconds; throws, with its
     /// stderr, unless it exits 0.
     static func run(_ executable: String, _ arguments: [String], timeout: Double = 15) throws {
-        let process = Process(), errors = PipeReader()
+        let process = ChildProcess(), errors = PipeReader()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.standardError = errors.pipe

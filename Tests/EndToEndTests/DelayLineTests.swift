@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestChildProcess
 import Testing
 
 /// The delay line is a real wire for the kernel's TCP: its delay shows in
@@ -75,7 +76,7 @@ struct DelayLineTests {
         let tool = try DelayLine.tool.get()
         for arguments in [["--ns-a", "x", "--ns-b", "y", "--drop-percent", "101"], ["--ns-a", "x"],
                           ["--ns-a", "x", "--ns-b", "y", "--drop-match", "some"]] {
-            let process = Process(), errors = PipeReader()
+            let process = ChildProcess(), errors = PipeReader()
             process.executableURL = URL(fileURLWithPath: tool)
             process.arguments = arguments
             process.standardError = errors.pipe

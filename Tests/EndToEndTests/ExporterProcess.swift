@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import TCPTopCore
 import TCPTopHTTP
+import TestChildProcess
 
 /// The built tcptop-exporter binary, run as a child with a test NOTIFY_SOCKET.
 final class ExporterProcess {
@@ -9,14 +10,14 @@ final class ExporterProcess {
     static let buildDirectory = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
     static func binary(_ name: String) -> String { buildDirectory.appending(path: name).path }
 
-    let process = Process()
+    let process = ChildProcess()
     let notify: NotifySocket
     let port: UInt16
     private let stderrFile: URL
 
     /// Starts the daemon on a free loopback port; does not wait for READY.
     /// With `signalsUnblocked`, the daemon starts with no signal blocked, as
-    /// systemd starts it (a test thread's mask, which Process passes on,
+    /// systemd starts it (a test thread's mask, which ChildProcess passes on,
     /// blocks SIGHUP and SIGTERM). With `stderrReaderGone`, stderr is a
     /// pipe whose read end is closed before the daemon starts: every log
     /// write fails with EPIPE (and `log` is empty). `notify` is a socket made
@@ -124,7 +125,7 @@ final class ExporterProcess {
         return try ExpositionParser.parse(String(decoding: reply.body, as: UTF8.self))
     }
 
-    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+    func signal(_ number: Int32) { process.signal(number) }
 
     /// The exit status, once the daemon exited (at most `timeout` seconds;
     /// past it the daemon is killed and an error thrown).

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TCPTopHTTP
+import TestChildProcess
 import Testing
 
 /// The real daemon's listener under an idle flood and garbage.
@@ -61,7 +62,7 @@ struct ListenerFloodTests {
 /// Tests/idle_flood.py as a child: `count` idle connections, the first
 /// `trickling` sending a byte a second, until `end()`.
 final class IdleFlood {
-    private let process = Process()
+    private let process = ChildProcess()
     private let input = Pipe()
 
     init(port: UInt16, count: Int, trickling: Int, timeout: Double = 60) throws {

@@ -1,5 +1,6 @@
 import Foundation
 @testable import TCPTopBPF
+import TestChildProcess
 import Testing
 
 /// The capability check reads /proc/self/status; these are its rules on
@@ -68,7 +69,7 @@ struct PreflightTests {
     }
 
     private func bpftoolBTFDump() throws -> String {
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: "/usr/sbin/bpftool")
         process.arguments = ["btf", "dump", "file", "/sys/kernel/btf/vmlinux"]
         let output = Pipe()

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TCPTopCore
+import TestChildProcess
 import Testing
 
 /// `--web.config.file` with `tls_server_config` on the real daemon: curl
@@ -178,7 +179,7 @@ struct TLSPKI {
 /// second, with its own storage in a temp directory, on a free port.
 final class PrometheusProcess {
     static let binary = "/usr/bin/prometheus"
-    let process = Process()
+    let process = ChildProcess()
     let directory: String
     let port = ExporterProcess.freePort()
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TCPTopCore
+import TestChildProcess
 import Testing
 
 /// The built `tcptop` binary as a child: known traffic between named
@@ -172,7 +173,7 @@ struct TcptopTests {
         let programs = bpfProgramIDs(ofProcess: top.process.processIdentifier)
         #expect(!programs.isEmpty, "the BPF programs are attached")
         let start = Date()
-        kill(top.process.processIdentifier, signal)
+        top.process.signal(signal)
         let output = try top.finish(timeout: 2)
         #expect(Date().timeIntervalSince(start) < 1)
         #expect(output.status == 0 && output.stderr.isEmpty)
@@ -190,7 +191,7 @@ struct TcptopTests {
         let top = try TcptopRun(["-C", "\(Int.max)", "1"])
         try top.waitForTracing()
         usleep(300_000)
-        kill(top.process.processIdentifier, SIGINT)
+        top.process.signal(SIGINT)
         let output = try top.finish(timeout: 5)
         #expect(output.status == 0 && output.stderr.isEmpty)
     }
@@ -244,7 +245,7 @@ struct TcptopTests {
         var poller = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
         try #require(poll(&poller, 1, 10_000) == 1)
         let signalled = Date()
-        kill(top.process.processIdentifier, SIGINT)
+        top.process.signal(SIGINT)
         let output = try top.finish(timeout: 10)
         #expect(output.status == 0 && output.stdout.isEmpty && output.stderr.isEmpty)
         #expect(Date().timeIntervalSince(signalled) < 2)
@@ -353,7 +354,7 @@ let cgroup2Mount: String? = {
 /// A running tcptop with its stdout read line by line; every wait is
 /// bounded, and deinit ends a tcptop still running (SIGTERM, then SIGKILL).
 final class TcptopRun {
-    let process = Process()
+    let process = ChildProcess()
     private let out = PipeReader(), err = PipeReader()
 
     init(_ arguments: [String], asNobody: Bool = false, environment: [String: String] = [:]) throws {
@@ -412,7 +413,7 @@ final class TcptopRun {
     private func failure(_ what: String) -> PeerError {
         Child.stop(process)
         _ = PipeReader.read([out, err], until: Date().addingTimeInterval(2))
-        return PeerError(description: "tcptop \(process.arguments ?? []) \(what) (\(Child.ending(process))); "
+        return PeerError(description: "tcptop \(process.arguments) \(what) (\(Child.ending(process))); "
                              + "stdout: \(out.text.debugDescription) stderr: \(err.text.debugDescription)")
     }
 }

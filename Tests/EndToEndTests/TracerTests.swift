@@ -1,6 +1,7 @@
 import Foundation
 import TCPTopBPF
 import TCPTopCore
+import TestChildProcess
 import Testing
 
 /// Real BPF: load the tracer, move known bytes between named processes over
@@ -202,7 +203,7 @@ final class TestNamespace {
     deinit { try? Self.ip(["netns", "delete", name]) }
 
     private static func ip(_ arguments: [String]) throws {
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
         process.arguments = arguments
         try process.run()

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestChildProcess
 
 /// Runs Tests/traffic_peer.py processes: TCP peers with chosen process names
 /// that move known numbers of bytes over loopback.
@@ -44,30 +45,25 @@ struct PeerError: Error, CustomStringConvertible { let description: String }
 enum Child {
     /// Waits at most `timeout` seconds for `process` to exit; true once it has.
     @discardableResult
-    static func waitExit(_ process: Process, timeout: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning {
-            if Date() >= deadline { return false }
-            usleep(10_000)
-        }
-        return true
+    static func waitExit(_ process: ChildProcess, timeout: Double) -> Bool {
+        process.waitUntilExit(timeout: timeout)
     }
 
     /// Ends `process` if it still runs: SIGTERM, then SIGKILL after `grace`
     /// seconds. Returns within grace + 5 s whatever the child does. (A child
-    /// may well ignore SIGTERM: Foundation passes the starting thread's
-    /// signal mask on, and the test threads, Dispatch workers, block SIGTERM,
-    /// SIGINT, SIGHUP and more.)
-    static func stop(_ process: Process, grace: Double = 2) {
-        guard process.isRunning, process.processIdentifier > 0 else { return }
-        kill(process.processIdentifier, SIGTERM)
+    /// may well ignore SIGTERM: ChildProcess, like Foundation's Process,
+    /// passes the starting thread's signal mask on, and the test threads,
+    /// Dispatch workers, block SIGTERM, SIGINT, SIGHUP and more.)
+    static func stop(_ process: ChildProcess, grace: Double = 2) {
+        guard process.isRunning else { return }
+        process.terminate()
         if waitExit(process, timeout: grace) { return }
-        kill(process.processIdentifier, SIGKILL)
+        process.signal(SIGKILL)
         waitExit(process, timeout: 5)
     }
 
     /// "exited with status N" / "killed by signal N" / "still running".
-    static func ending(_ process: Process) -> String {
+    static func ending(_ process: ChildProcess) -> String {
         if process.isRunning { return "still running" }
         return process.terminationReason == .uncaughtSignal
             ? "killed by signal \(process.terminationStatus)" : "exited with status \(process.terminationStatus)"
@@ -140,7 +136,7 @@ final class LinePeer {
     /// wait; this one is shorter so that the test, not the peer, reports).
     static let lineTimeout: Double = 30
 
-    let process = Process()
+    let process = ChildProcess()
     private let output = PipeReader()
     private let errors = PipeReader()
     /// The test's end of a socket pair that is the peer's stdin (for --hold):

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import TCPTopCore
 import TCPTopHTTP
+import TestChildProcess
 import Testing
 
 /// The format check: the same web config file goes to Debian's
@@ -140,7 +141,7 @@ struct PKI {
 
 /// Debian's node_exporter with a web config file, on a free loopback port.
 final class NodeExporter {
-    let process = Process()
+    let process = ChildProcess()
     let logFile: String
 
     struct Outcome {

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import TestChildProcess
 import Testing
 @testable import TCPTopHTTP
 
@@ -235,7 +236,7 @@ func tool(_ path: String, _ arguments: [String]) throws -> String {
     guard FileManager.default.isExecutableFile(atPath: path) else {
         throw ToolError(description: "\(path) is missing: run `make deps` (apache2-utils, python3-bcrypt)")
     }
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("tool-\(UUID().uuidString)")
@@ -250,7 +251,7 @@ func tool(_ path: String, _ arguments: [String]) throws -> String {
     let deadline = Date().addingTimeInterval(30)
     while process.isRunning {
         guard Date() < deadline else {
-            process.terminate()
+            process.signal(SIGKILL)  // not SIGTERM: the child may have this thread's mask, which can block it
             throw ToolError(description: "\(path) did not finish within 30 s")
         }
         usleep(5_000)

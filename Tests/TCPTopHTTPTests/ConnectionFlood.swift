@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestChildProcess
 
 /// Tests/idle_flood.py as a child: many idle loopback connections, some
 /// trickling a byte a second, held until this is released (deinit), with
@@ -7,7 +8,7 @@ import Glibc
 final class ConnectionFlood {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().appending(path: "idle_flood.py").path
-    private let process = Process()
+    private let process = ChildProcess()
     private let input = Pipe()
 
     /// Returns once all `count` connections are open (at most `timeout` seconds).
@@ -25,16 +26,14 @@ final class ConnectionFlood {
             if data.isEmpty || line.append(data) { handle.readabilityHandler = nil; ready.signal() }
         }
         guard ready.wait(timeout: .now() + timeout) == .success, line.text.hasPrefix("READY \(count)") else {
-            process.terminate()
+            process.signal(SIGKILL)  // not SIGTERM: the child may have this thread's mask, which can block it
             throw TestClient.Failure.timedOut
         }
     }
 
     deinit {
         try? input.fileHandleForWriting.close()  // the child exits when its stdin closes
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning, Date() < deadline { usleep(10_000) }
-        if process.isRunning { process.terminate() }
+        if !process.waitUntilExit(timeout: 5) { process.signal(SIGKILL) }
     }
 
     private final class LockedLine: @unchecked Sendable {

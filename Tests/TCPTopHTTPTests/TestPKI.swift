@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestChildProcess
 
 /// Certificates made at test time with Debian's openssl CLI, in a temp
 /// directory: a server CA and its server certificate (SANs 127.0.0.1, ::1,
@@ -49,7 +50,7 @@ struct TestPKI {
 func runTool(_ path: String, _ arguments: [String], input: String = "", timeout: Double = 30)
     -> (status: Int32, stdout: String, stderr: String)
 {
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
     let directory = NSTemporaryDirectory() + "run-\(UUID().uuidString)"
@@ -70,7 +71,7 @@ func runTool(_ path: String, _ arguments: [String], input: String = "", timeout:
     let deadline = Date().addingTimeInterval(timeout)
     while process.isRunning {
         guard Date() < deadline else {
-            process.terminate()
+            process.signal(SIGKILL)  // not SIGTERM: the child may have this thread's mask, which can block it
             process.waitUntilExit()
             return (-1, "", "\(path) did not finish within \(timeout) s")
         }

@@ -13,6 +13,7 @@
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <spawn.h>
 
 #include "../../../bpf/tcptop_maps.h"
 
@@ -71,5 +72,10 @@ int tcptop_ssl_error_is_http_request(unsigned long error);
  * text, each ended by a NUL, into `out`; returns the bytes written (names
  * that do not fit are left out). IPs as inet_ntop writes them. */
 size_t tcptop_x509_sans(X509 *cert, char *out, size_t size);
+
+/* posix_spawn_file_actions_addclosefrom_np (glibc 2.34+, a GNU extension
+ * Swift's Glibc module leaves out): the child closes every descriptor from
+ * `lowfd` up. Returns 0 or an errno value. */
+int tcptop_spawn_file_actions_addclosefrom(posix_spawn_file_actions_t *actions, int lowfd);
 
 #endif
