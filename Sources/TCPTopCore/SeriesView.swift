@@ -130,8 +130,9 @@ struct SeriesView {
 
     private mutating func newLabelSet(_ text: ArraySlice<UInt8>, hash: Int) -> Int32 {
         let full = config.maxSeries > 0 && ownSeriesCount >= config.maxSeries
-        // A real label set that reads like the overflow one joins it rather than duplicating it.
-        let overflowed = full || text.elementsEqual(overflowLabelText)
+        // A real label set that reads like the overflow one joins it rather than duplicating it
+        // (a view without labels has one label set, its own: the empty text is not overflow).
+        let overflowed = full || (!config.labels.isEmpty && text.elementsEqual(overflowLabelText))
         let slot = allocateSlot(text, hash: hash, state: overflowed ? .overflowed : .own)
         if overflowed {
             let overflow = overflowSlot ?? allocateSlot(overflowLabelText[...], hash: nil, state: .overflow)

@@ -22,6 +22,7 @@ import TCPTopCore
         #expect(values["total_sent_bytes_total"] == samples.reduce(0) { $0 + $1.sentBytes })
         #expect(values["total_received_bytes_total"] == samples.reduce(0) { $0 + $1.receivedBytes })
         #expect(registry.viewStatistics.map(\.series) == [3, 2, 1])
+        #expect(registry.viewStatistics.map(\.overflowedLabelSets) == [0, 0, 0])
     }
 
     @Test func viewKeepsItsValueWhenMembersExpire() {
