@@ -183,6 +183,11 @@ import TCPTopCore
         #expect(named == Set(families))
     }
 
+    /// A read of a million ends holds a million samples: the health fields cost 8 bytes each, not 16.
+    @Test func aSampleIs96BytesApart() {
+        #expect(MemoryLayout<ConnectionSample>.stride == 96)
+    }
+
     /// The whole text, every family and view, escaped labels and overflow included.
     @Test func promtoolAcceptsTheText() throws {
         let registry = ConnectionRegistry(views: views, closedRetention: retention)
