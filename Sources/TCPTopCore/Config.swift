@@ -121,7 +121,8 @@ public enum ConnectionLabel: String, CaseIterable, Sendable {
 /// One set of metric families: connection ends whose kept labels are equal
 /// are summed into one series.
 public struct ViewConfig: Equatable, Sendable {
-    /// Families are `<prefix>_sent_bytes_total` and `<prefix>_received_bytes_total`.
+    /// Families are `<prefix>_sent_bytes_total`, `<prefix>_received_bytes_total`,
+    /// `<prefix>_retransmitted_segments_total` and `<prefix>_rtt_seconds`.
     public var prefix = "tcptop"
     /// Kept labels, in `ConnectionLabel.allCases` order.
     public var labels = ConnectionLabel.allCases

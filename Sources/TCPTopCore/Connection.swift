@@ -48,7 +48,9 @@ public struct ConnectionLabels: Hashable, Sendable {
     public var commText: String { String(decoding: comm, as: UTF8.self) }
 }
 
-/// One read of one connection end's counters.
+/// One read of one connection end's counters. The RTT before the
+/// retransmits: it fills the labels' tail padding with `closed`, so a sample
+/// is 96 bytes apart in an array, not 104 (a read of a million holds a million).
 public struct ConnectionSample: Sendable, Equatable {
     public var id: ConnectionID
     public var sentBytes: UInt64
@@ -56,14 +58,14 @@ public struct ConnectionSample: Sendable, Equatable {
     public var labels: ConnectionLabels
     /// The kernel destroyed the socket: these counters are final.
     public var closed: Bool
-    /// TCP segments the kernel retransmitted on the socket (tcp:tcp_retransmit_skb,
-    /// each skb counted as its segments), shown on the socket's owner's end
-    /// only: 0 on the ends of other processes sharing the socket.
-    public var retransmittedSegments: UInt64
     /// The kernel's smoothed round-trip time of the socket (tcp_sock.srtt_us),
     /// in microseconds, as of this read (or of its close); 0 while unknown
     /// (no RTT sample yet, or an end of a process sharing the socket).
     public var smoothedRTTMicroseconds: UInt32
+    /// TCP segments the kernel retransmitted on the socket (tcp:tcp_retransmit_skb,
+    /// each skb counted as its segments), shown on the socket's owner's end
+    /// only: 0 on the ends of other processes sharing the socket.
+    public var retransmittedSegments: UInt64
 
     public init(id: ConnectionID, labels: ConnectionLabels, sentBytes: UInt64, receivedBytes: UInt64, closed: Bool,
                 retransmittedSegments: UInt64 = 0, smoothedRTTMicroseconds: UInt32 = 0) {

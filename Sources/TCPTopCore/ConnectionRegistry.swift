@@ -1,4 +1,5 @@
-/// Keeps the byte counters of every connection end between kernel reads and
+/// Keeps the counters of every connection end between kernel reads (bytes,
+/// and the TCP health the kernel side reads: retransmits, smoothed RTT) and
 /// serves them as Prometheus series through one or more views.
 ///
 /// Not thread-safe: the caller serialises `update`, `expire` and `render`.
@@ -22,13 +23,19 @@ public final class ConnectionRegistry {
     /// Where the touched values go, so the loads that touch them are kept.
     private var touchSink: Int32 = 0
 
-    public init(views: [ViewConfig] = [ViewConfig()], closedRetention: Double) {
-        self.views = views.map(SeriesView.init)
+    /// The health families every view renders after its byte families.
+    public let health: HealthFamilies
+
+    /// `health`: the families the kernel side can fill; one it has no hook
+    /// for is left out of the text (absent, not zeros).
+    public init(views: [ViewConfig] = [ViewConfig()], closedRetention: Double, health: HealthFamilies = .all) {
+        self.views = views.map { SeriesView(config: $0, health: health) }
         self.closedRetention = closedRetention
+        self.health = health
     }
 
-    public convenience init(config: ExporterConfig) {
-        self.init(views: config.views, closedRetention: config.connections.closedRetention.inSeconds)
+    public convenience init(config: ExporterConfig, health: HealthFamilies = .all) {
+        self.init(views: config.views, closedRetention: config.connections.closedRetention.inSeconds, health: health)
     }
 
     /// Takes one full read of the kernel map: every connection end it holds.
@@ -101,8 +108,9 @@ public final class ConnectionRegistry {
             highestCookie = max(highestCookie, sample.id.cookie)
             index.insert(sample.id, at: entries.count, entries: entries)
             entries.append(RegistryEntry(
-                sent: sample.sentBytes, received: sample.receivedBytes, cookie: sample.id.cookie, pid: sample.id.pid,
-                lastRead: sample.closed ? RegistryEntry.closedMark : readCount))
+                sent: sample.sentBytes, received: sample.receivedBytes, retransmits: sample.retransmittedSegments,
+                cookie: sample.id.cookie, pid: sample.id.pid,
+                lastRead: sample.closed ? RegistryEntry.closedMark : readCount, rtt: sample.smoothedRTTMicroseconds))
             for view in views.indices { views[view].addPreparedMember(offset, now: now) }
         }
     }
@@ -111,8 +119,12 @@ public final class ConnectionRegistry {
         var entry = entries[position]
         // A lower value can only be a stale read; keeping the higher one keeps every sum monotonic.
         let changed = sample.sentBytes > entry.sent || sample.receivedBytes > entry.received
+            || sample.retransmits > entry.retransmits
         entry.sent = max(entry.sent, sample.sentBytes)
         entry.received = max(entry.received, sample.receivedBytes)
+        entry.retransmits = max(entry.retransmits, sample.retransmits)
+        // A gauge, not a counter: the latest read says it.
+        entry.rtt = sample.rtt
         // Closed stays closed for the rest of this read (a socket can appear live, then closed).
         if sample.closed || entry.lastRead == RegistryEntry.closedMark {
             entry.lastRead = RegistryEntry.closedMark
@@ -130,7 +142,8 @@ public final class ConnectionRegistry {
     private func remove(at position: Int) {
         let entry = entries[position]
         for view in views.indices {
-            views[view].removeMember(at: position, finalSent: entry.sent, finalReceived: entry.received)
+            views[view].removeMember(
+                at: position, finalSent: entry.sent, finalReceived: entry.received, finalRetransmits: entry.retransmits)
         }
         index.remove(entry.id, at: position)
         let last = entries.removeLast()
@@ -178,25 +191,47 @@ public final class ConnectionRegistry {
 struct SampleCounts {
     var sentBytes: UInt64
     var receivedBytes: UInt64
+    var retransmits: UInt64
+    var rtt: UInt32
     var closed: Bool
 }
 
 extension ConnectionSample {
-    var counts: SampleCounts { SampleCounts(sentBytes: sentBytes, receivedBytes: receivedBytes, closed: closed) }
+    var counts: SampleCounts {
+        SampleCounts(sentBytes: sentBytes, receivedBytes: receivedBytes, retransmits: retransmittedSegments,
+                     rtt: smoothedRTTMicroseconds, closed: closed)
+    }
 }
 
-/// One connection end as the registry holds it: 32 bytes.
+/// One connection end as the registry holds it: 44 bytes, 48 apart in the array.
 struct RegistryEntry {
     var sent: UInt64
     var received: UInt64
+    var retransmits: UInt64
     var cookie: UInt64
     var pid: UInt32
     /// The `update` call that last carried this entry, or `closedMark`
     /// once a read said it closed (it is let go at the end of that read).
     var lastRead: UInt32
+    /// The smoothed RTT in microseconds as of the last read; 0 = unknown.
+    var rtt: UInt32
 
     static let closedMark: UInt32 = 0
 
     var id: ConnectionID { ConnectionID(cookie: cookie, pid: pid) }
     func has(_ id: ConnectionID) -> Bool { cookie == id.cookie && pid == id.pid }
+}
+
+/// The TCP health families a registry renders besides the byte counters.
+/// The tracer says which its kernel can fill: a family without a kernel
+/// hook is left out, never rendered as zeros that look like health.
+public struct HealthFamilies: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// `<prefix>_retransmitted_segments_total`, a counter.
+    public static let retransmits = HealthFamilies(rawValue: 1)
+    /// `<prefix>_rtt_seconds`, a gauge.
+    public static let rtt = HealthFamilies(rawValue: 2)
+    public static let all: HealthFamilies = [.retransmits, .rtt]
 }

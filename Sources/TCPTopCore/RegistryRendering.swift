@@ -3,6 +3,12 @@ extension ConnectionRegistry {
         "Bytes sent over TCP, summed over the connection ends that share these labels."
     public static let receivedHelp =
         "Bytes received over TCP, summed over the connection ends that share these labels."
+    public static let retransmitsHelp =
+        "TCP segments the kernel retransmitted, counted at tcp:tcp_retransmit_skb on the socket's owner's end, "
+        + "summed over the connection ends that share these labels."
+    public static let rttHelp =
+        "The kernel's smoothed round-trip time (srtt) of the socket, in seconds: the highest among the open "
+        + "connection ends that share these labels that have one (no sample while none has)."
 
     /// What a render needs, as of now: every series' sums, and the label
     /// texts by reference. Taken under the caller's lock; rendered after it
@@ -14,7 +20,7 @@ extension ConnectionRegistry {
         RegistrySnapshot(views: views.map { $0.snapshot(entries: entries) })
     }
 
-    /// Writes both families of every view (the whole text in one buffer;
+    /// Writes the families of every view (the whole text in one buffer;
     /// the daemon streams a snapshot instead).
     public func render(into writer: inout ExpositionWriter) {
         snapshot().write { writer.bytes.append(contentsOf: $0) }
@@ -25,7 +31,7 @@ extension ConnectionRegistry {
 public struct RegistrySnapshot: Sendable {
     let views: [ViewSnapshot]
 
-    /// Writes both families of every view, then `trailer`, to `sink` in
+    /// Writes the families of every view, then `trailer`, to `sink` in
     /// pieces of about `pieceSize` bytes (a piece ends after a whole line).
     public func write(pieceSize: Int = 1 << 16, trailer: [UInt8] = [],
                       to sink: (ArraySlice<UInt8>) throws -> Void) rethrows {
@@ -50,7 +56,7 @@ public struct RegistrySnapshot: Sendable {
     }
 }
 
-/// Where a render is: view, family (sent, received) and slot.
+/// Where a render is: view, family (sent, received, then the health ones rendered) and slot.
 struct RenderCursor {
     var view = 0
     var family = 0
@@ -131,113 +137,26 @@ struct OutputBuffer {
         }
         count += digits
     }
-}
 
-/// One view's series at a snapshot: sums by slot, label texts by reference.
-struct ViewSnapshot: Sendable {
-    let names: [[UInt8]]    // sent, received
-    let headers: [[UInt8]]  // sent, received
-    let layout: LabelLayout
-    let texts: LabelTexts
-    let state: [SeriesView.SlotState]
-    let sums: [[UInt64]]    // sent, received
-    let overflowSlot: Int?
-    let seriesCount: Int
-
-    /// An upper bound of one header or sample line.
-    var longestLine: Int {
-        max(headers.map(\.count).max() ?? 0,
-            (names.map(\.count).max() ?? 0) + layout.piecesBytes + texts.longestText + 22)
-    }
-
-    /// Writes lines from `cursor` until the piece holds `limit` bytes
-    /// (false) or the view is done (true). The piece's capacity leaves room
-    /// for a `longestLine` past the limit.
-    func fill(_ out: inout OutputBuffer, until limit: Int, cursor: inout RenderCursor) -> Bool {
-        while cursor.family < 2 {
-            guard seriesCount > 0 else { return true }
-            let name = names[cursor.family]
-            let sums = self.sums[cursor.family]
-            if cursor.slot < 0 {
-                guard out.count < limit else { return false }
-                out.append(headers[cursor.family])
-                cursor.slot = 0
-            }
-            let done = name.withUnsafeBytes { name in
-                layout.withPieces { pieces in
-                    state.withUnsafeBufferPointer { state in
-                        while cursor.slot < state.count {
-                            if state[cursor.slot] == .own {
-                                guard out.count < limit else { return false }
-                                writeSample(name: name, pieces: pieces, slot: cursor.slot, value: sums[cursor.slot], into: &out)
-                            }
-                            cursor.slot += 1
-                        }
-                        return true
-                    }
-                }
-            }
-            guard done else { return false }
-            if cursor.slot == state.count, let overflowSlot {
-                guard out.count < limit else { return false }
-                name.withUnsafeBytes { name in
-                    layout.withPieces { writeSample(name: name, pieces: $0, slot: overflowSlot, value: sums[overflowSlot], into: &out) }
-                }
-            }
-            cursor.family += 1
-            cursor.slot = -1
-        }
-        return true
-    }
-
+    /// Microseconds as seconds with up to six decimals, no exponent, trailing zeros dropped (80812 → 0.080812).
     @inline(__always)
-    private func writeSample(name: UnsafeRawBufferPointer, pieces: LabelLayout.Pieces, slot: Int, value: UInt64,
-                             into out: inout OutputBuffer) {
-        out.append(name)
-        texts.withText(of: slot) { text in
-            var position = 0
-            for label in 0..<pieces.labelCount {
-                out.append(pieces.piece(label))
-                let length = LabelLayout.readLength(text, at: &position)
-                out.append(UnsafeRawBufferPointer(rebasing: text[position..<position + length]))
-                position += length
-            }
+    mutating func appendMicroseconds(_ value: UInt64) {
+        let (seconds, fraction) = value.quotientAndRemainder(dividingBy: 1_000_000)
+        appendDecimal(seconds)
+        guard fraction != 0 else { return }
+        var digits = 6
+        var rest = fraction
+        while rest % 10 == 0 {
+            rest /= 10
+            digits -= 1
         }
-        out.append(pieces.piece(pieces.labelCount))
-        out.append(byte: UInt8(ascii: " "))
-        out.appendDecimal(value)
-        out.append(byte: UInt8(ascii: "\n"))
-    }
-}
-
-extension SeriesView {
-    /// Sums each series as its base plus its members' counters (one pass over
-    /// the entries, indexed by slot), the overflowed label sets into the overflow series.
-    func snapshot(entries: [RegistryEntry]) -> ViewSnapshot {
-        var sent = baseSent
-        var received = baseReceived
-        slotOfEntry.withUnsafeBufferPointer { slots in
-            entries.withUnsafeBufferPointer { entries in
-                sent.withUnsafeMutableBufferPointer { sent in
-                    received.withUnsafeMutableBufferPointer { received in
-                        for index in entries.indices {
-                            let slot = Int(slots[index])
-                            sent[slot] &+= entries[index].sent
-                            received[slot] &+= entries[index].received
-                        }
-                    }
-                }
-            }
+        base[count] = UInt8(ascii: ".")
+        var position = count + digits
+        count += digits + 1
+        while position > count - digits - 1 {
+            base[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: rest % 10)
+            rest /= 10
+            position -= 1
         }
-        if let overflow = overflowSlot.map(Int.init) {
-            for slot in state.indices where state[slot] == .overflowed {
-                sent[overflow] &+= sent[slot]
-                received[overflow] &+= received[slot]
-            }
-        }
-        return ViewSnapshot(
-            names: [sentName, receivedName], headers: [sentHeader, receivedHeader], layout: layout,
-            texts: labelTexts.texts, state: state, sums: [sent, received],
-            overflowSlot: overflowSlot.map(Int.init), seriesCount: renderedSeriesCount)
     }
 }

@@ -21,11 +21,12 @@ struct SeriesView {
     }
 
     let config: ViewConfig
-    let sentName: [UInt8]
-    let receivedName: [UInt8]
-    /// `# HELP` and `# TYPE` of each family.
-    let sentHeader: [UInt8]
-    let receivedHeader: [UInt8]
+    let health: HealthFamilies
+    /// Name and `# HELP` / `# TYPE` lines of each family rendered.
+    let sent: FamilyText
+    let received: FamilyText
+    let retransmits: FamilyText
+    let rtt: FamilyText
     /// What the stored label values are rendered between.
     let layout: LabelLayout
     let overflowLabelText: [UInt8]
@@ -38,6 +39,7 @@ struct SeriesView {
     private(set) var labelTexts = LabelTextStore()
     private(set) var baseSent: [UInt64] = []
     private(set) var baseReceived: [UInt64] = []
+    private(set) var baseRetransmits: [UInt64] = []
     private var memberCount: [Int32] = []
     private var lastActivity: [Double] = []
 
@@ -50,12 +52,15 @@ struct SeriesView {
     private var preparedEnds: [Int] = []
     private var preparedHashes: [Int] = []
 
-    init(config: ViewConfig) {
+    init(config: ViewConfig, health: HealthFamilies) {
         self.config = config
-        sentName = Array("\(config.prefix)_sent_bytes_total".utf8)
-        receivedName = Array("\(config.prefix)_received_bytes_total".utf8)
-        sentHeader = familyHeader(name: "\(config.prefix)_sent_bytes_total", help: ConnectionRegistry.sentHelp)
-        receivedHeader = familyHeader(name: "\(config.prefix)_received_bytes_total", help: ConnectionRegistry.receivedHelp)
+        self.health = health
+        sent = FamilyText(name: "\(config.prefix)_sent_bytes_total", help: ConnectionRegistry.sentHelp, type: .counter)
+        received = FamilyText(
+            name: "\(config.prefix)_received_bytes_total", help: ConnectionRegistry.receivedHelp, type: .counter)
+        retransmits = FamilyText(
+            name: "\(config.prefix)_retransmitted_segments_total", help: ConnectionRegistry.retransmitsHelp, type: .counter)
+        rtt = FamilyText(name: "\(config.prefix)_rtt_seconds", help: ConnectionRegistry.rttHelp, type: .gauge)
         layout = LabelLayout(names: config.labels.map(\.rawValue))
         var overflow: [UInt8] = []
         for _ in config.labels { LabelLayout.appendValue(Array("__overflow__".utf8), to: &overflow) }
@@ -112,10 +117,11 @@ struct SeriesView {
 
     /// The member at `entryIndex` expired: its final counts go into the base,
     /// then it is removed the way the registry removes it (last moves into its place).
-    mutating func removeMember(at entryIndex: Int, finalSent: UInt64, finalReceived: UInt64) {
+    mutating func removeMember(at entryIndex: Int, finalSent: UInt64, finalReceived: UInt64, finalRetransmits: UInt64) {
         let slot = Int(slotOfEntry[entryIndex])
         baseSent[slot] &+= finalSent
         baseReceived[slot] &+= finalReceived
+        baseRetransmits[slot] &+= finalRetransmits
         memberCount[slot] -= 1
         slotOfEntry[entryIndex] = slotOfEntry[slotOfEntry.count - 1]
         slotOfEntry.removeLast()
@@ -130,8 +136,9 @@ struct SeriesView {
 
     private mutating func newLabelSet(_ text: ArraySlice<UInt8>, hash: Int) -> Int32 {
         let full = config.maxSeries > 0 && ownSeriesCount >= config.maxSeries
-        // A real label set that reads like the overflow one joins it rather than duplicating it.
-        let overflowed = full || text.elementsEqual(overflowLabelText)
+        // A real label set that reads like the overflow one joins it rather than duplicating it
+        // (a view without labels has one label set, its own: the empty text is not overflow).
+        let overflowed = full || (!config.labels.isEmpty && text.elementsEqual(overflowLabelText))
         let slot = allocateSlot(text, hash: hash, state: overflowed ? .overflowed : .own)
         if overflowed {
             let overflow = overflowSlot ?? allocateSlot(overflowLabelText[...], hash: nil, state: .overflow)
@@ -154,6 +161,7 @@ struct SeriesView {
             if state[slot] == .overflowed, let overflow = overflowSlot.map(Int.init) {
                 baseSent[overflow] &+= baseSent[slot]
                 baseReceived[overflow] &+= baseReceived[slot]
+                baseRetransmits[overflow] &+= baseRetransmits[slot]
                 memberCount[overflow] -= 1
                 overflowedLabelSetCount -= 1
             } else {
@@ -183,6 +191,7 @@ struct SeriesView {
         state.append(newState)
         baseSent.append(0)
         baseReceived.append(0)
+        baseRetransmits.append(0)
         memberCount.append(0)
         lastActivity.append(0)
         return Int32(state.count - 1)
@@ -193,6 +202,7 @@ struct SeriesView {
         state[slot] = .free
         baseSent[slot] = 0
         baseReceived[slot] = 0
+        baseRetransmits[slot] = 0
         memberCount[slot] = 0
         freeSlots.append(Int32(slot))
     }
@@ -335,9 +345,15 @@ struct LabelLayout: Sendable {
 private let ipv4Name = Array(AddressFamily.ipv4.rawValue.utf8)
 private let ipv6Name = Array(AddressFamily.ipv6.rawValue.utf8)
 
-/// The `# HELP` and `# TYPE` lines of a family, as bytes.
-func familyHeader(name: String, help: String) -> [UInt8] {
-    var writer = ExpositionWriter()
-    writer.family(name: name, help: help, type: .counter)
-    return writer.bytes
+/// A family's name and its `# HELP` and `# TYPE` lines, as bytes.
+struct FamilyText: Sendable {
+    let name: [UInt8]
+    let header: [UInt8]
+
+    init(name: String, help: String, type: MetricType) {
+        self.name = Array(name.utf8)
+        var writer = ExpositionWriter()
+        writer.family(name: name, help: help, type: type)
+        header = writer.bytes
+    }
 }

@@ -203,7 +203,10 @@ enum ScrapeFigure {
                 remoteAddress: addressText(family: family, bytes: remote), remotePort: [443, 5432, 6379, 8080][index % 4])
             return ConnectionSample(
                 id: ConnectionID(cookie: UInt64(index + 1), pid: pid), labels: labels,
-                sentBytes: UInt64.random(in: 1...1 << 30, using: &generator), receivedBytes: UInt64.random(in: 1...1 << 30, using: &generator), closed: false)
+                sentBytes: UInt64.random(in: 1...1 << 30, using: &generator), receivedBytes: UInt64.random(in: 1...1 << 30, using: &generator), closed: false,
+                // Health as the tracer fills it: one end in eight retransmitted, every RTT known.
+                retransmittedSegments: index % 8 == 0 ? UInt64.random(in: 1...50, using: &generator) : 0,
+                smoothedRTTMicroseconds: UInt32.random(in: 20...200_000, using: &generator))
         }
     }
 }

@@ -21,7 +21,8 @@ import TCPTopCore
     private func connections(_ count: Int, from first: UInt64, sent: UInt64) -> [ConnectionSample] {
         (0..<UInt64(count)).map {
             sample(cookie: first + $0, pid: UInt32(($0 + first) % 5), comm: "p\(($0 + first) % 3)",
-                   lport: UInt16(1000 + ($0 + first) % 60_000), sent: sent + $0, received: 2 * $0)
+                   lport: UInt16(1000 + ($0 + first) % 60_000), sent: sent + $0, received: 2 * $0,
+                   retransmits: ($0 + sent) % 7, rtt: UInt32(($0 + sent) % 4) * 12_345)  // a quarter unknown
         }
     }
 

@@ -7,7 +7,7 @@ import TCPTopCore
 
     @Test func rendersGoldenText() {
         let registry = ConnectionRegistry(closedRetention: retention)
-        var weird = sample(cookie: 1, pid: 42, comm: "x", sent: 100, received: 7)
+        var weird = sample(cookie: 1, pid: 42, comm: "x", sent: 100, received: 7, retransmits: 3, rtt: 80812)
         weird.labels.comm = [0x22, 0x0A, 0xFF]
         registry.update(with: [
             weird,
@@ -25,6 +25,13 @@ import TCPTopCore
             # TYPE tcptop_received_bytes_total counter
             tcptop_received_bytes_total{pid="42",comm="\\"\\n\u{FFFD}",family="ipv4",laddr="10.0.0.1",lport="40000",raddr="10.0.0.2",rport="443"} 7
             tcptop_received_bytes_total{pid="7",comm="ssh",family="ipv6",laddr="::1",lport="22",raddr="::1",rport="50000"} 12345678901234
+            # HELP tcptop_retransmitted_segments_total \(ConnectionRegistry.retransmitsHelp)
+            # TYPE tcptop_retransmitted_segments_total counter
+            tcptop_retransmitted_segments_total{pid="42",comm="\\"\\n\u{FFFD}",family="ipv4",laddr="10.0.0.1",lport="40000",raddr="10.0.0.2",rport="443"} 3
+            tcptop_retransmitted_segments_total{pid="7",comm="ssh",family="ipv6",laddr="::1",lport="22",raddr="::1",rport="50000"} 0
+            # HELP tcptop_rtt_seconds \(ConnectionRegistry.rttHelp)
+            # TYPE tcptop_rtt_seconds gauge
+            tcptop_rtt_seconds{pid="42",comm="\\"\\n\u{FFFD}",family="ipv4",laddr="10.0.0.1",lport="40000",raddr="10.0.0.2",rport="443"} 0.080812
 
             """
         #expect(writer.text == expected)

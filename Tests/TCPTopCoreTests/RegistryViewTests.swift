@@ -22,6 +22,7 @@ import TCPTopCore
         #expect(values["total_sent_bytes_total"] == samples.reduce(0) { $0 + $1.sentBytes })
         #expect(values["total_received_bytes_total"] == samples.reduce(0) { $0 + $1.receivedBytes })
         #expect(registry.viewStatistics.map(\.series) == [3, 2, 1])
+        #expect(registry.viewStatistics.map(\.overflowedLabelSets) == [0, 0, 0])
     }
 
     @Test func viewKeepsItsValueWhenMembersExpire() {
@@ -103,9 +104,9 @@ import TCPTopCore
         #expect(renderedValues(registry)[#"capped_sent_bytes_total{comm="__overflow__"}"#] == 3)
     }
 
-    /// Random churn through several views: a series present in two
+    /// Random churn through several views: a counter series present in two
     /// consecutive scrapes never decreases, and with nothing expired yet,
-    /// every view's total equals the bytes of all connection ends.
+    /// every view's total equals the bytes (and retransmits) of all connection ends.
     @Test(arguments: [1 as UInt64, 2, 3])
     func randomChurnIsMonotonicAndExact(seed: UInt64) {
         var random = SplitMix64(state: seed)
@@ -118,6 +119,7 @@ import TCPTopCore
         let registry = ConnectionRegistry(views: views, closedRetention: 30)
         var open: [ConnectionSample] = []
         var everSentTotal: UInt64 = 0
+        var everRetransmitted: UInt64 = 0
         var previous: [String: UInt64] = [:]
         var nextCookie: UInt64 = 1
         for step in 0..<300 {
@@ -137,13 +139,17 @@ import TCPTopCore
                 let grow = random.next() % 2 == 0 ? random.next() % 1000 : 0
                 connection.sentBytes += grow
                 everSentTotal += grow
+                let retransmits = random.next() % 3 == 0 ? random.next() % 4 : 0
+                connection.retransmittedSegments += retransmits
+                everRetransmitted += retransmits
+                connection.smoothedRTTMicroseconds = UInt32(random.next() % 3 * 1000)
                 connection.closed = fate == 0
                 read.append(connection)
                 if !connection.closed { stillOpen.append(connection) }
             }
             open = stillOpen
             registry.update(with: read, now: Double(step))
-            let current = renderedValues(registry)
+            let current = renderedValues(registry, families: ["_total"])
             for (series, value) in current {
                 if let before = previous[series] { #expect(value >= before, "\(series) went back at step \(step)") }
             }
@@ -151,8 +157,13 @@ import TCPTopCore
                 for prefix in ["tcptop", "comm", "capped", "total"] {
                     let total = current.filter { $0.key.hasPrefix("\(prefix)_sent_bytes_total") }.values.reduce(0, +)
                     #expect(total == everSentTotal, "view \(prefix) at step \(step)")
+                    let retransmitted = current.filter { $0.key.hasPrefix("\(prefix)_retransmitted_segments_total") }
+                    #expect(retransmitted.values.reduce(0, +) == everRetransmitted, "view \(prefix) at step \(step)")
                 }
             }
+            // The view of no labels shows the highest RTT of the ends open after this read.
+            let highest = read.filter { !$0.closed }.map(\.smoothedRTTMicroseconds).max() ?? 0
+            #expect(renderedRTT(registry)["total_rtt_seconds"] == (highest == 0 ? nil : "\(Double(highest) / 1e6)"))
             #expect(registry.viewStatistics[2].series <= 4)
             previous = current
         }
