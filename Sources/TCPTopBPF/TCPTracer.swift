@@ -46,6 +46,9 @@ public final class TCPTracer {
     public var countsRetransmits: Bool {
         plan.programs.contains { [.retransmit, .retransmitErr, .rawRetransmit, .rawRetransmitErr].contains($0) }
     }
+    /// The health families this kernel feeds: the RTT on every read path,
+    /// retransmits where the tracepoint exists.
+    public var healthFamilies: HealthFamilies { countsRetransmits ? .all : .rtt }
     /// Why a health family is not served, a line each (empty: all are).
     public var healthGaps: [String] {
         countsRetransmits ? [] : ["kernel \(kernelRelease()) has no tcp:tcp_retransmit_skb tracepoint (Linux >= 4.16): retransmits are not counted"]

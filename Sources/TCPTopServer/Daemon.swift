@@ -158,7 +158,7 @@ public final class Daemon: Sendable {
         ])
         // A family the kernel cannot feed is absent, never zeros that look like health.
         for gap in tracer.healthGaps { log.warning("\(gap)") }
-        let collector = MetricsCollector(tracer: tracer, registry: ConnectionRegistry(config: config), version: tcptopVersion)
+        let collector = MetricsCollector(tracer: tracer, registry: ConnectionRegistry(config: config, health: tracer.healthFamilies), version: tcptopVersion)
 
         notifier.status("Binding \(config.web.listenAddresses.map(\.description).joined(separator: ", "))")
         let server: HTTPServer

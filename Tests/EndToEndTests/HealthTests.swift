@@ -63,4 +63,51 @@ struct HealthTests {
         let stats = try line.stop()
         print("health over the delay line (\(plan)): \(kernelRetransmits) retransmits (kernel) for \(stats.droppedAB) drops, tcpi_rtt \(kernelRTT) µs")
     }
+
+    /// The daemon serves it: the client's series of the per-connection view
+    /// and of a view by process name carry the kernel's own retransmit
+    /// count and an RTT within 10% of tcpi_rtt; the text passes promtool.
+    @Test func theDaemonServesRetransmitsAndRTTPerConnectionEndAndPerView() throws {
+        let config = NSTemporaryDirectory() + "tcptop-health-\(getpid()).yml"
+        try """
+        views:
+          - {prefix: tcptop}
+          - {prefix: tcptop_comm, labels: [comm]}
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        defer { unlink(config) }
+        let daemon = try ExporterProcess(arguments: ["--config.file=\(config)"])
+        try daemon.waitReady()
+        let line = try DelayLine(["--delay-ms", "40", "--drop-percent", "3", "--drop-match", "data",
+                                  "--drop-side", "a", "--seed", "9"])
+        let server = try LinePeer(["serve", "--name", "tt-hd-srv", "--address", DelayLine.serverAddress,
+                                   "--receive", "\(1 << 20)", "--send", "1"], hold: true, netns: line.serverNamespace)
+        let (_, port) = try server.readReady()
+        let client = try LinePeer(["connect", "--name", "tt-hd-cli", "--address", DelayLine.serverAddress,
+                                   "--port", "\(port)", "--send", "\(1 << 20)", "--receive", "1", "--tcp-info"],
+                                  hold: true, netns: line.clientNamespace)
+        let (clientPID, _) = try client.readReady()
+        let info = DelayLineTests.fields(try client.readLine(timeout: 60))
+        try client.waitFor("HOLDING")
+        try server.waitFor("HOLDING")
+        let retransmits = try #require(info["total_retrans"]), rtt = try #require(info["rtt_us"])
+        let reply = try daemon.get()
+        try expectPromtoolAccepts(reply.body)
+        let samples = try ExpositionParser.parse(String(decoding: reply.body, as: UTF8.self))
+        func value(_ name: String, _ match: [String: String]) -> Double? {
+            samples.first { sample in sample.name == name && match.allSatisfy { sample.labels[$0.key] == $0.value } }?.value
+        }
+        let end = ["pid": "\(clientPID)", "comm": "tt-hd-cli"]
+        #expect(value("tcptop_retransmitted_segments_total", end) == Double(retransmits), "kernel: \(retransmits)")
+        #expect(value("tcptop_comm_retransmitted_segments_total", ["comm": "tt-hd-cli"]) == Double(retransmits))
+        for name in ["tcptop_rtt_seconds", "tcptop_comm_rtt_seconds"] {
+            let shown = try #require(value(name, name == "tcptop_rtt_seconds" ? end : ["comm": "tt-hd-cli"]), "\(name)")
+            #expect(abs(shown * 1e6 - Double(rtt)) <= 0.1 * Double(rtt), "\(name) \(shown) s, tcpi_rtt \(rtt) µs")
+        }
+        #expect(samples.contains { $0.name == "tcptop_unattributed_retransmitted_segments_total" })
+        client.release()
+        server.release()
+        try client.waitDone()
+        try server.waitDone()
+        print("daemon over the delay line: tcptop_retransmitted_segments_total \(value("tcptop_retransmitted_segments_total", end) ?? -1) (kernel \(retransmits)), tcptop_rtt_seconds \(value("tcptop_rtt_seconds", end) ?? -1) (tcpi_rtt \(rtt) µs)")
+    }
 }
