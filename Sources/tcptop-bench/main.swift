@@ -19,7 +19,7 @@ import TCPTopCore
 struct Settings {
     var figures: Set<Int> = Set(1...8)
     var quick = false
-    /// Rounds per median (figures 1, 3, 6).
+    /// Rounds per median (figures 1, 3, 6, 8).
     var rounds = 5
     /// Throughput ratios are the noisiest figures: more rounds, each this long.
     var throughputRounds = 7
@@ -33,7 +33,7 @@ struct Settings {
     /// Figures 1, 2 and 8: the plans within these (auto: any).
     var attachMode: BPFAttachMode = .auto
     var readPath: BPFReadPath = .auto
-    /// The plans figures 1 and 2 measure, found before they run.
+    /// The plans figures 1, 2 and 8 measure, found before they run.
     var survey = PlanSurvey()
 
     static let figureNames = ["bpf": 1, "throughput": 2, "scrape": 3, "churn": 4, "idle": 5, "startup": 6, "flood": 7, "retransmit": 8]
