@@ -68,7 +68,7 @@ enum ChurnFigure {
     }
 
     /// One worker: returns the number of complete connections.
-    private static func churnLoop(seconds: Double) throws -> Int {
+    static func churnLoop(seconds: Double) throws -> Int {
         let (listener, port) = try Loopback.listen()
         defer { close(listener) }
         let payload = [UInt8](repeating: 0x2a, count: bytesPerConnection)

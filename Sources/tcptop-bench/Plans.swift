@@ -2,7 +2,7 @@ import Foundation
 import TCPTopBPF
 import TCPTopCore
 
-/// One way of counting that figures 1 and 2 measure: a plan (hooks + read
+/// One way of counting that figures 1, 2 and 8 measure: a plan (hooks + read
 /// path) this kernel allows, found by starting a tracer forced to it.
 struct MeasuredPlan {
     let plan: AttachPlan

@@ -109,6 +109,8 @@ final class Cleanup: @unchecked Sendable {
 
     private let lock = NSLock()
     private var children: [pid_t] = []
+    /// Run after the children are killed (network namespaces to delete), by key.
+    private var finalActions: [(key: String, action: @Sendable () -> Void)] = []
     private var signalSources: [DispatchSourceSignal] = []
     /// One directory for every temporary file (notify sockets, configs, logs).
     let directory: String
@@ -122,11 +124,25 @@ final class Cleanup: @unchecked Sendable {
 
     func track(_ pid: pid_t) { lock.withLock { children.append(pid) } }
     func untrack(_ pid: pid_t) { lock.withLock { children.removeAll { $0 == pid } } }
+    func atEnd(_ key: String, _ action: @escaping @Sendable () -> Void) { lock.withLock { finalActions.append((key, action)) } }
+    /// Runs the action of `key` now (once) and forgets it.
+    func runNow(_ key: String) {
+        let actions = lock.withLock {
+            defer { finalActions.removeAll { $0.key == key } }
+            return finalActions.filter { $0.key == key }
+        }
+        for entry in actions { entry.action() }
+    }
 
-    /// Kills what is still running and removes the temporary directory.
+    /// Kills what is still running, runs the final actions (namespaces deleted), removes the temporary directory.
     func run() {
         let pids = lock.withLock { children }
         for pid in pids { kill(pid, SIGKILL) }
+        let actions = lock.withLock {
+            defer { finalActions = [] }
+            return finalActions
+        }
+        for entry in actions { entry.action() }
         try? FileManager.default.removeItem(atPath: directory)
     }
 
