@@ -86,6 +86,8 @@ static __always_inline void add_stat(__u32 index, __u64 amount)
 
 static __always_inline int unattributed(int ret, bool is_send)
 {
+	if (ret <= 0) /* a pending entry the retransmit hook tried to make: no call to count */
+		return 0;
 	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES : TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES, ret);
 	add_stat(is_send ? TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS : TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS, 1);
 	return 0;
@@ -118,6 +120,14 @@ static __always_inline __u32 retransmitted_segments(struct sk_buff *skb)
 {
 	__u16 segs = BPF_CORE_READ((struct tcp_skb_cb *)&skb->cb, tcp_gso_segs);
 	return segs ? segs : 1;
+}
+
+/* On the read paths without an iterator, the hot path keeps srtt_us fresh:
+ * at one in 16 of the owner's calls, so that the read of the socket (a
+ * helper call, or a probe read) is not paid on every one. */
+static __always_inline bool rtt_sample_due(struct tcptop_conn_value *value)
+{
+	return (++value->rtt_sample_events & 15) == 1;
 }
 
 static __always_inline void add_retransmits(struct tcptop_conn_value *value, __u32 segs)
@@ -155,6 +165,37 @@ static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_
 	value->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	value->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	bpf_get_current_comm(&value->comm, sizeof(value->comm));
+}
+
+/* Pending owners: a retransmit can come before the first send returns (a
+ * large first send blocks while its segments are lost and sent again), or
+ * on a socket no process moved bytes on yet. The retransmit hook then makes
+ * the socket's owner entry with tgid 0 (pending: user space skips it, and
+ * at close its retransmits count as unattributed); the first process that
+ * moves bytes on it becomes its owner here. */
+/* Pending owners now. They may take at most half the capacity, so that
+ * retransmitting sockets nobody counts bytes on never crowd out those whose
+ * bytes are counted; and none under a pid or cgroup filter, which cannot
+ * tell whose socket it is. A soft bound, like the storage path's. */
+__s64 pending_owners = 0;
+
+static __always_inline bool pending_allowed(void)
+{
+	return !settings.target_tgid && !settings.filter_cgroup && pending_owners < settings.socket_capacity / 2;
+}
+
+static __always_inline void pending_changed(__s64 by)
+{
+	__sync_fetch_and_add(&pending_owners, by);
+}
+
+static __always_inline void claim(struct tcptop_conn_value *value, __u32 *owner_tgid, __u32 tgid, int ret,
+				  bool is_send)
+{
+	pending_changed(-1);
+	*owner_tgid = tgid;
+	bpf_get_current_comm(&value->comm, sizeof(value->comm));
+	add_bytes(value, ret, is_send);
 }
 
 /* A process that is not the socket's owner: its own entry in "conns",

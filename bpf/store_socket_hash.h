@@ -18,8 +18,8 @@ struct {
 	__type(value, struct tcptop_sock_value);
 } sk_owners SEC(".maps");
 
-/* The RTT of a socket on this path: as of its owner's last send or receive,
- * and of its close (no iterator reads the socket). */
+/* The RTT of a socket on this path: as of a recent send or receive of its
+ * owner (rtt_sample_due), and of its close (no iterator reads the socket). */
 static __always_inline __u32 srtt_of(struct sock *sk, bool typed)
 {
 	return typed ? srtt_typed(sk) : srtt_untyped(sk);
@@ -55,6 +55,10 @@ static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value 
 	 * taken yet: no room for it until then. */
 	if (owned->closed)
 		return unattributed(ret, is_send);
+	if (owned->owner_tgid == 0) {
+		claim(&owned->conn, &owned->owner_tgid, tgid, ret, is_send);
+		return 0;
+	}
 	return count_shared(sk, owned->cookie, &owned->shared, tgid, ret, is_send);
 }
 
@@ -64,7 +68,8 @@ static __always_inline int count_hash(struct sock *sk, __u32 tgid, int ret, bool
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
 	if (owned && owned->owner_tgid == tgid && !owned->closed) {
 		add_bytes(&owned->conn, ret, is_send);
-		owned->conn.srtt_us = srtt_of(sk, typed);
+		if (rtt_sample_due(&owned->conn))
+			owned->conn.srtt_us = srtt_of(sk, typed);
 		return 0;
 	}
 	int result = count_hash_slow(sk, owned, tgid, ret, is_send);
@@ -82,6 +87,8 @@ static __always_inline void close_hash(struct sock *sk, bool typed)
 	if (!owned || owned->closed) /* untracked, or another socket's leftover */
 		return;
 	owned->conn.srtt_us = srtt_of(sk, typed);
+	if (owned->owner_tgid == 0)
+		pending_changed(-1);
 	if (hand_over(owned))
 		bpf_map_delete_elem(&sk_owners, &key); /* the address may be reused: a new entry, new id */
 	else
@@ -92,6 +99,12 @@ static __always_inline void retransmit_hash(struct sock *sk, __u32 segs)
 {
 	__u64 key = (__u64)sk;
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
+	if (!owned && pending_allowed()) { /* no process moved bytes on it yet: a pending owner */
+		count_hash_slow(sk, 0, 0, 0, false);
+		owned = bpf_map_lookup_elem(&sk_owners, &key);
+		if (owned && owned->owner_tgid == 0)
+			pending_changed(1);
+	}
 	if (owned && !owned->closed)
 		add_retransmits(&owned->conn, segs);
 	else

@@ -48,6 +48,10 @@ static __noinline int count_storage_slow(struct sock *sk, struct tcptop_sock_val
 			return 0;
 		}
 	}
+	if (owned->owner_tgid == 0) {
+		claim(&owned->conn, &owned->owner_tgid, tgid, ret, is_send);
+		return 0;
+	}
 	return count_shared(sk, owned->cookie, &owned->shared, tgid, ret, is_send);
 }
 
@@ -68,6 +72,8 @@ static __always_inline void close_storage(struct sock *sk)
 	if (!owned)
 		return;
 	__sync_fetch_and_add(&live_sockets, -1); /* a sub would need BPF_FETCH in CPU v2 */
+	if (owned->owner_tgid == 0)
+		pending_changed(-1);
 	owned->conn.srtt_us = srtt_typed(sk);
 	if (!hand_over(owned)) {
 		/* "closed_conns" is full: user space keeps what the iterator
@@ -84,6 +90,12 @@ static __always_inline void close_storage(struct sock *sk)
 static __always_inline void retransmit_storage(struct sock *sk, __u32 segs)
 {
 	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
+	if (!owned && pending_allowed()) { /* no process moved bytes on it yet: a pending owner */
+		count_storage_slow(sk, 0, 0, 0, false);
+		owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
+		if (owned && owned->owner_tgid == 0)
+			pending_changed(1);
+	}
 	if (owned)
 		add_retransmits(&owned->conn, segs);
 	else
@@ -99,7 +111,7 @@ int tcptop_dump(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
 	struct tcptop_sock_value *owned = ctx->value;
 	struct sock *sk = ctx->sk; /* one load: the null check must cover its use below */
-	if (!sk || !owned)
+	if (!sk || !owned || !owned->owner_tgid) /* pending: no owner yet */
 		return 0;
 	struct tcptop_conn_record record = {};
 	record.key.cookie = owned->cookie;

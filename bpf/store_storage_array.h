@@ -56,6 +56,14 @@ static __always_inline struct tcptop_slot *slot_of(struct tcptop_slot_ref *ref)
 static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *ref, __u32 tgid, int ret,
 				       bool is_send)
 {
+	if (ref && ref->owner_tgid == 0) { /* a pending owner: this process claims it */
+		struct tcptop_slot *pending = slot_of(ref);
+		if (!pending)
+			return unattributed(ret, is_send);
+		pending->tgid = tgid;
+		claim(&pending->conn, &ref->owner_tgid, tgid, ret, is_send);
+		return 0;
+	}
 	if (ref) /* the owner has a slot: this is another process */
 		return count_shared(sk, ref->cookie, &ref->shared, tgid, ret, is_send);
 	__u32 index;
@@ -105,8 +113,9 @@ static __always_inline int count_array(struct sock *sk, __u32 tgid, int ret, boo
 		if (slot) {
 			add_bytes(&slot->conn, ret, is_send);
 			/* No iterator reads the socket on this path: its RTT as of
-			 * the owner's last send or receive (and of its close). */
-			slot->conn.srtt_us = srtt_typed(sk);
+			 * a recent send or receive of the owner (and of its close). */
+			if (rtt_sample_due(&slot->conn))
+				slot->conn.srtt_us = srtt_typed(sk);
 			return 0;
 		}
 	}
@@ -119,6 +128,8 @@ static __always_inline void close_array(struct sock *sk)
 	if (!ref)
 		return;
 	add_stat(TCPTOP_STAT_CLOSES, 1);
+	if (ref->owner_tgid == 0)
+		pending_changed(-1);
 	if (ref->shared)
 		mark_shared_final(ref->cookie);
 	struct tcptop_slot *slot = slot_of(ref);
@@ -131,6 +142,12 @@ static __always_inline void close_array(struct sock *sk)
 static __always_inline void retransmit_array(struct sock *sk, __u32 segs)
 {
 	struct tcptop_slot_ref *ref = bpf_sk_storage_get(&socket_slots, sk, 0, 0);
+	if (!ref && pending_allowed()) { /* no process moved bytes on it yet: a pending owner */
+		count_array_slow(sk, 0, 0, 0, false);
+		ref = bpf_sk_storage_get(&socket_slots, sk, 0, 0);
+		if (ref && ref->owner_tgid == 0)
+			pending_changed(1);
+	}
 	struct tcptop_slot *slot = ref ? slot_of(ref) : 0;
 	if (slot)
 		add_retransmits(&slot->conn, segs);

@@ -38,6 +38,13 @@ extension TCPTracer {
         samples.reserveCapacity(owners.live.count + owners.closed.count + shared.count + closed.count)
         var seen = Set<ConnectionID>(minimumCapacity: owners.live.count + shared.count)
         func add(_ key: tcptop_conn_key, _ value: tcptop_conn_value, closed: Bool) {
+            // tgid 0: a pending owner (the retransmit hook made the entry, no
+            // process moved bytes on the socket yet). Not an end; if it closed
+            // so, its retransmits are unattributed.
+            guard key.tgid != 0 else {
+                if closed { unownedRetransmits &+= value.retransmits }
+                return
+            }
             let id = ConnectionID(cookie: key.cookie, pid: key.tgid)
             let labels = labelCache[id] ?? sharingComm(Self.labels(pid: key.tgid, value: value))
             if !closed {
@@ -246,7 +253,7 @@ extension TCPTracer {
         counters.sendEvents = try sum(TCPTOP_STAT_UNATTRIBUTED_SEND_EVENTS)
         counters.receiveEvents = try sum(TCPTOP_STAT_UNATTRIBUTED_RECEIVE_EVENTS)
         counters.closesNotRecorded = try sum(TCPTOP_STAT_CLOSED_NOT_RECORDED)
-        counters.retransmittedSegments = try sum(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS)
+        counters.retransmittedSegments = try sum(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS) &+ unownedRetransmits
         return counters
     }
 }

@@ -80,6 +80,9 @@ public final class TCPTracer {
     var commNames: Set<[UInt8]> = []
     /// The kernel's count of socket closes when the last `read()` began.
     var closesAtLastRead: UInt64 = 0
+    /// Retransmits of sockets that closed with a pending owner (no process
+    /// ever moved bytes on them), taken from the kernel so far.
+    var unownedRetransmits: UInt64 = 0
 
     /// Tries the plans the kernel's BTF allows, best first, and keeps the
     /// first that loads and attaches. A plan is given up only when the
