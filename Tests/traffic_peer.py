@@ -63,12 +63,24 @@ def set_process_name(name):
         sys.exit("prctl failed")
 
 
+# --chunk: every send call this many bytes (0: random sizes up to 64 KiB).
+FIXED_CHUNK = 0
+
+
 def send_exactly(sock, total, rng):
     left = total
     while left > 0:
-        chunk = min(left, rng.randint(1, 65536))
+        chunk = min(left, FIXED_CHUNK or rng.randint(1, 65536))
         step(f"the peer to take bytes ({total - left} of {total} sent)")
-        sock.sendall(b"x" * chunk)
+        if FIXED_CHUNK:
+            # One blocking send call for the chunk (a socket with a timeout
+            # sends in pieces as room comes), bounded by --deadline's alarm.
+            previous = sock.gettimeout()
+            sock.settimeout(None)
+            sock.sendall(b"x" * chunk)
+            sock.settimeout(previous)
+        else:
+            sock.sendall(b"x" * chunk)
         left -= chunk
 
 
@@ -116,6 +128,8 @@ def main():
     parser.add_argument("--address", help="bind or connect to this address instead of loopback")
     parser.add_argument("--tcp-info", action="store_true", help="connect: print TCPINFO after the transfer")
     parser.add_argument("--send", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=0,
+                        help="send in blocking calls of exactly this many bytes (default: random sizes up to 64 KiB)")
     parser.add_argument("--receive", type=int, default=0)
     parser.add_argument("--peek", action="store_true", help="MSG_PEEK before the first receive")
     parser.add_argument("--seed", type=int, default=1)
@@ -125,6 +139,10 @@ def main():
     parser.add_argument("--timeout", type=float, default=60, help="seconds any one wait may take")
     parser.add_argument("--deadline", type=int, default=300, help="seconds the whole run may take")
     args = parser.parse_args()
+    global FIXED_CHUNK
+    if args.chunk < 0:
+        give_up("--chunk must be positive")
+    FIXED_CHUNK = args.chunk
 
     # Started from a thread that blocks signals, a child inherits that mask:
     # unblock them so that SIGTERM from a test ends this peer.
