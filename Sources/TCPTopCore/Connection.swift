@@ -66,9 +66,13 @@ public struct ConnectionSample: Sendable, Equatable {
     /// each skb counted as its segments), shown on the socket's owner's end
     /// only: 0 on the ends of other processes sharing the socket.
     public var retransmittedSegments: UInt64
+    /// What the kernel's state changes said of the connection, on the
+    /// socket's owner's end (all unknown on other processes' ends).
+    public var lifecycle: ConnectionLifecycle
 
     public init(id: ConnectionID, labels: ConnectionLabels, sentBytes: UInt64, receivedBytes: UInt64, closed: Bool,
-                retransmittedSegments: UInt64 = 0, smoothedRTTMicroseconds: UInt32 = 0) {
+                retransmittedSegments: UInt64 = 0, smoothedRTTMicroseconds: UInt32 = 0,
+                lifecycle: ConnectionLifecycle = ConnectionLifecycle()) {
         self.id = id
         self.labels = labels
         self.sentBytes = sentBytes
@@ -76,6 +80,65 @@ public struct ConnectionSample: Sendable, Equatable {
         self.closed = closed
         self.retransmittedSegments = retransmittedSegments
         self.smoothedRTTMicroseconds = smoothedRTTMicroseconds
+        self.lifecycle = lifecycle
+    }
+}
+
+/// A connection's life as sock:inet_sock_set_state and the reset
+/// tracepoints saw it, for the socket's owner's end. Facts only move forward
+/// from read to read: a role, once known, stays; a duration, once set, stays.
+public struct ConnectionLifecycle: Sendable, Equatable {
+    public enum Role: UInt8, Sendable {
+        /// Opened before the tracer started, or its opening not seen.
+        case unknown = 0
+        /// connect(): SYN sent by this socket.
+        case client = 1
+        /// accept(): the handshake completed on a listener's child socket.
+        case server = 2
+    }
+
+    public var role: Role
+    /// Reached ESTABLISHED while traced (a client's connect succeeded; a
+    /// server's handshake completed).
+    public var established: Bool
+    /// A client's connect failed (SYN_SENT → CLOSE): the socket's error, an
+    /// errno (ECONNREFUSED, ETIMEDOUT, ECONNRESET, ...); -1 when it failed
+    /// without one (closed by its process while connecting); 0: no failure.
+    public var connectError: Int32
+    /// SYN sent → ESTABLISHED, a client's only; 0: unknown.
+    public var connectMicroseconds: UInt32
+    /// ESTABLISHED → destroyed, known once closed; 0: unknown (not closed,
+    /// or its establishment not seen).
+    public var lifetimeMicroseconds: UInt64
+    /// RSTs this socket sent (tcp:tcp_send_reset) and received (tcp:tcp_receive_reset).
+    public var resetsSent: UInt32
+    public var resetsReceived: UInt32
+
+    public init(role: Role = .unknown, established: Bool = false, connectError: Int32 = 0,
+                connectMicroseconds: UInt32 = 0, lifetimeMicroseconds: UInt64 = 0,
+                resetsSent: UInt32 = 0, resetsReceived: UInt32 = 0) {
+        self.role = role
+        self.established = established
+        self.connectError = connectError
+        self.connectMicroseconds = connectMicroseconds
+        self.lifetimeMicroseconds = lifetimeMicroseconds
+        self.resetsSent = resetsSent
+        self.resetsReceived = resetsReceived
+    }
+
+    /// A failed connect's reason as a label value: refused, timeout, reset,
+    /// aborted (no error: its process closed it), or errno_N.
+    public var failureReason: String? {
+        switch connectError {
+        case 0: nil
+        case 111: "refused"  // ECONNREFUSED
+        case 110: "timeout"  // ETIMEDOUT
+        case 104: "reset"  // ECONNRESET
+        case -1: "aborted"
+        case 113: "host_unreachable"  // EHOSTUNREACH
+        case 101: "network_unreachable"  // ENETUNREACH
+        default: "errno_\(connectError)"
+        }
     }
 }
 
