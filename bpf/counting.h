@@ -130,6 +130,18 @@ static __always_inline bool rtt_sample_due(struct tcptop_conn_value *value)
 	return (++value->rtt_sample_events & 15) == 1;
 }
 
+/* connect() binds the local port after SYN_SENT, and a failed connect
+ * releases it before its CLOSE is traced: it is taken from the events in
+ * between (the RST that refuses it, a SYN sent again) and at ESTABLISHED. */
+static __always_inline void note_port(struct tcptop_conn_value *conn, struct sock *sk)
+{
+	if (!conn->connecting)
+		return;
+	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (port)
+		conn->lport = port;
+}
+
 static __always_inline void add_retransmits(struct tcptop_conn_value *value, __u32 segs)
 {
 	__sync_fetch_and_add(&value->retransmits, segs);

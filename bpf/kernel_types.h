@@ -36,6 +36,7 @@ struct sock_common {
 struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_protocol;
+	int sk_err;
 };
 
 /* Reached through bpf_skc_to_tcp_sock (typed hooks) or read with CO-RE. */

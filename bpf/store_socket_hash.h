@@ -95,18 +95,28 @@ static __always_inline void close_hash(struct sock *sk, bool typed)
 		owned->closed = 1;
 }
 
-static __always_inline void retransmit_hash(struct sock *sk, __u32 segs)
+/* The owner's value of a socket; with `make`, made if missing (tgid 0: a
+ * pending owner, where allowed). */
+static __always_inline struct tcptop_conn_value *owner_hash(struct sock *sk, bool make, __u32 tgid)
 {
 	__u64 key = (__u64)sk;
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
-	if (!owned && pending_allowed()) { /* no process moved bytes on it yet: a pending owner */
-		count_hash_slow(sk, 0, 0, 0, false);
+	if (!owned && make && (tgid || pending_allowed())) {
+		count_hash_slow(sk, 0, tgid, 0, false);
 		owned = bpf_map_lookup_elem(&sk_owners, &key);
-		if (owned && owned->owner_tgid == 0)
+		if (owned && owned->owner_tgid == 0 && !tgid)
 			pending_changed(1);
 	}
-	if (owned && !owned->closed)
-		add_retransmits(&owned->conn, segs);
+	return owned && !owned->closed ? &owned->conn : 0;
+}
+
+static __always_inline void retransmit_hash(struct sock *sk, __u32 segs)
+{
+	struct tcptop_conn_value *conn = owner_hash(sk, true, 0);
+	if (conn) {
+		add_retransmits(conn, segs);
+		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
+	}
 	else
 		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
 }

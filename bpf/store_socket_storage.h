@@ -86,18 +86,29 @@ static __always_inline void close_storage(struct sock *sk)
 	}
 }
 
-/* A retransmit on a socket: counted on its owner's value. */
-static __always_inline void retransmit_storage(struct sock *sk, __u32 segs)
+/* The owner's value of a socket; with `tgid`, made if missing (tgid 0: a
+ * pending owner, where allowed). */
+static __always_inline struct tcptop_conn_value *owner_storage(struct sock *sk, bool make, __u32 tgid)
 {
 	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
-	if (!owned && pending_allowed()) { /* no process moved bytes on it yet: a pending owner */
-		count_storage_slow(sk, 0, 0, 0, false);
+	if (!owned && make && (tgid || pending_allowed())) {
+		count_storage_slow(sk, 0, tgid, 0, false);
 		owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
-		if (owned && owned->owner_tgid == 0)
+		if (owned && owned->owner_tgid == 0 && !tgid)
 			pending_changed(1);
 	}
-	if (owned)
-		add_retransmits(&owned->conn, segs);
+	return owned ? &owned->conn : 0;
+}
+
+/* A retransmit on a socket: counted on its owner's value (a pending owner
+ * when no process moved bytes on it yet). */
+static __always_inline void retransmit_storage(struct sock *sk, __u32 segs)
+{
+	struct tcptop_conn_value *conn = owner_storage(sk, true, 0);
+	if (conn) {
+		add_retransmits(conn, segs);
+		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
+	}
 	else
 		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
 }

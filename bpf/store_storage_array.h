@@ -139,18 +139,28 @@ static __always_inline void close_array(struct sock *sk)
 	}
 }
 
-static __always_inline void retransmit_array(struct sock *sk, __u32 segs)
+/* The owner's value of a socket; with `make`, made if missing (tgid 0: a
+ * pending owner, where allowed). */
+static __always_inline struct tcptop_conn_value *owner_array(struct sock *sk, bool make, __u32 tgid)
 {
 	struct tcptop_slot_ref *ref = bpf_sk_storage_get(&socket_slots, sk, 0, 0);
-	if (!ref && pending_allowed()) { /* no process moved bytes on it yet: a pending owner */
-		count_array_slow(sk, 0, 0, 0, false);
+	if (!ref && make && (tgid || pending_allowed())) {
+		count_array_slow(sk, 0, tgid, 0, false);
 		ref = bpf_sk_storage_get(&socket_slots, sk, 0, 0);
-		if (ref && ref->owner_tgid == 0)
+		if (ref && ref->owner_tgid == 0 && !tgid)
 			pending_changed(1);
 	}
 	struct tcptop_slot *slot = ref ? slot_of(ref) : 0;
-	if (slot)
-		add_retransmits(&slot->conn, segs);
+	return slot ? &slot->conn : 0;
+}
+
+static __always_inline void retransmit_array(struct sock *sk, __u32 segs)
+{
+	struct tcptop_conn_value *conn = owner_array(sk, true, 0);
+	if (conn) {
+		add_retransmits(conn, segs);
+		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
+	}
 	else
 		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
 }

@@ -89,8 +89,20 @@ static __always_inline void retransmitted_untyped(struct sock *sk, struct sk_buf
 	if (!settings.count_nothing)
 		retransmit_hash(sk, retransmitted_segments(skb));
 }
+
+/* The owner's value of a socket on the plan's read path (untyped hooks: the
+ * socket hash); `make`: made for `tgid` if missing (0: a pending owner). */
+static __always_inline struct tcptop_conn_value *owner_of(struct sock *sk, bool typed, bool make, __u32 tgid)
+{
+	if (!typed || settings.read_path == TCPTOP_READ_SOCKET_HASH)
+		return owner_hash(sk, make, tgid);
+	if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
+		return owner_array(sk, make, tgid);
+	return owner_storage(sk, make, tgid);
+}
 #include "hooks_tracepoints.h"
 #include "hooks_health.h"
+#include "hooks_lifecycle.h"
 #include "hooks_fexit.h"
 #include "hooks_kprobe.h"
 

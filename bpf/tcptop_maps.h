@@ -37,7 +37,27 @@ struct tcptop_conn_value {
 	 * read, send, receive or close, by read path. */
 	__u64 retransmits;
 	__u32 srtt_us;
-	__u32 pad2;
+	/* The connection's life (sock:inet_sock_set_state, the reset
+	 * tracepoints), on the owner's value only. Times are bpf_ktime_get_ns. */
+	__u32 connect_us; /* SYN sent -> established, a client's */
+	__u64 opened_ns; /* SYN sent (client) */
+	__u64 established_ns;
+	__u64 lifetime_us; /* established -> closed, set at close */
+	__s32 connect_error; /* SYN_SENT -> CLOSE: sk_err, or -1 without one */
+	__u32 resets_sent;
+	__u32 resets_received;
+	__u8 role; /* enum tcptop_role */
+	__u8 established; /* reached ESTABLISHED while traced */
+	/* 1 from SYN sent until the port is known (established or failed):
+	 * readers skip the end until then, so its labels are final. */
+	__u8 connecting;
+	__u8 pad3;
+};
+
+enum tcptop_role {
+	TCPTOP_ROLE_UNKNOWN = 0,
+	TCPTOP_ROLE_CLIENT = 1,
+	TCPTOP_ROLE_SERVER = 2,
 };
 
 /* Socket-local storage: the first process that moves bytes on a socket
@@ -142,10 +162,10 @@ enum tcptop_slot_state {
 };
 
 _Static_assert(sizeof(struct tcptop_settings) == 32, "settings layout");
-_Static_assert(sizeof(struct tcptop_sock_value) == 128, "socket value layout");
-_Static_assert(sizeof(struct tcptop_conn_record) == 104, "record layout");
+_Static_assert(sizeof(struct tcptop_sock_value) == 168, "socket value layout");
+_Static_assert(sizeof(struct tcptop_conn_record) == 144, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");
-_Static_assert(sizeof(struct tcptop_conn_value) == 88, "conn value layout");
-_Static_assert(sizeof(struct tcptop_slot) == 104, "slot layout");
+_Static_assert(sizeof(struct tcptop_conn_value) == 128, "conn value layout");
+_Static_assert(sizeof(struct tcptop_slot) == 144, "slot layout");
 
 #endif

@@ -67,7 +67,7 @@ public struct AttachPlan: Sendable, Equatable {
                 }
                 for close in closeKinds {
                     var programs = counting + [close == .tpBTF ? .destroy : .rawDestroy]
-                    programs += retransmitPrograms(close, kernel: kernel)
+                    programs += retransmitPrograms(close, kernel: kernel) + lifecyclePrograms(close, kernel: kernel)
                     if hooks == .kprobe { programs.append(close == .tpBTF ? .threadExit : .rawThreadExit) }
                     if path == .storageIterator { programs.append(.dump) }
                     plans.append(AttachPlan(hooks: hooks, readPath: path, closeHooks: close, programs: programs))
@@ -93,6 +93,14 @@ public struct AttachPlan: Sendable, Equatable {
         case (3, _): [.rawRetransmitErr]
         default: []
         }
+    }
+
+    /// The state-change and reset hooks, of the close hook's kind, where the
+    /// kernel has their tracepoints.
+    static func lifecyclePrograms(_ close: Hooks, kernel: KernelHooks) -> [BPFProgram] {
+        let typed = close == .tpBTF
+        return (kernel.stateTracepoint ? [typed ? .state : .rawState] : [])
+            + (kernel.resetTracepoints ? (typed ? [.sendReset, .receiveReset] : [.rawSendReset, .rawReceiveReset]) : [])
     }
 
     /// The send/receive programs of one hook kind, from the kernel's BTF.

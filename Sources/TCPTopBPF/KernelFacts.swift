@@ -27,10 +27,15 @@ public struct KernelHooks: Sendable, Equatable {
     /// tcp:tcp_retransmit_skb's arguments (sk, skb; and err since 6.13), nil
     /// where the kernel has no such tracepoint (before 4.16).
     public var retransmitArguments: Int?
+    /// sock:inet_sock_set_state (>= 4.16): connection outcomes and durations.
+    public var stateTracepoint: Bool
+    /// tcp:tcp_send_reset and tcp:tcp_receive_reset (>= 4.15).
+    public var resetTracepoints: Bool
 
     public init(release: String, sendRecvTracepoints: Bool, destroyTracepoint: Bool,
                 tcpSendmsgArguments: Int?, tcpRecvmsgArguments: Int?, tcpSendpageArguments: Int?,
-                storageIterator: Bool = true, retransmitArguments: Int? = nil) {
+                storageIterator: Bool = true, retransmitArguments: Int? = nil,
+                stateTracepoint: Bool = false, resetTracepoints: Bool = false) {
         self.release = release
         self.sendRecvTracepoints = sendRecvTracepoints
         self.destroyTracepoint = destroyTracepoint
@@ -39,6 +44,8 @@ public struct KernelHooks: Sendable, Equatable {
         self.tcpSendpageArguments = tcpSendpageArguments
         self.storageIterator = storageIterator
         self.retransmitArguments = retransmitArguments
+        self.stateTracepoint = stateTracepoint
+        self.resetTracepoints = resetTracepoints
     }
 
     /// Reads /sys/kernel/btf/vmlinux (through libbpf).
@@ -79,6 +86,8 @@ public struct KernelHooks: Sendable, Equatable {
             tcpRecvmsgArguments: arguments("tcp_recvmsg"),
             tcpSendpageArguments: arguments("tcp_sendpage"),
             storageIterator: btf__find_by_name_kind(btf, "bpf_iter_bpf_sk_storage_map", kindFunc) >= 0,
-            retransmitArguments: tracepointArguments("tcp_retransmit_skb"))
+            retransmitArguments: tracepointArguments("tcp_retransmit_skb"),
+            stateTracepoint: tracepoint("inet_sock_set_state"),
+            resetTracepoints: tracepoint("tcp_send_reset") && tracepoint("tcp_receive_reset"))
     }
 }

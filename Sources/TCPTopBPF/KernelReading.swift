@@ -45,6 +45,8 @@ extension TCPTracer {
                 if closed { unownedRetransmits &+= value.retransmits }
                 return
             }
+            // connect() in progress: its local port is not known yet.
+            if value.connecting != 0 && !closed { return }
             let id = ConnectionID(cookie: key.cookie, pid: key.tgid)
             let labels = labelCache[id] ?? sharingComm(Self.labels(pid: key.tgid, value: value))
             if !closed {
@@ -53,7 +55,8 @@ extension TCPTracer {
             }
             samples.append(ConnectionSample(
                 id: id, labels: labels, sentBytes: value.sent_bytes, receivedBytes: value.received_bytes, closed: closed,
-                retransmittedSegments: value.retransmits, smoothedRTTMicroseconds: value.srtt_us))
+                retransmittedSegments: value.retransmits, smoothedRTTMicroseconds: value.srtt_us,
+                lifecycle: Self.lifecycle(value)))
         }
         for record in owners.live { add(record.key, record.value, closed: false) }
         for (_, record) in owners.closed { add(record.key, record.value, closed: true) }
@@ -184,6 +187,13 @@ extension TCPTracer {
             commNames.insert(labels.comm)
         }
         return labels
+    }
+
+    static func lifecycle(_ value: tcptop_conn_value) -> ConnectionLifecycle {
+        ConnectionLifecycle(
+            role: ConnectionLifecycle.Role(rawValue: value.role) ?? .unknown, established: value.established != 0,
+            connectError: value.connect_error, connectMicroseconds: value.connect_us,
+            lifetimeMicroseconds: value.lifetime_us, resetsSent: value.resets_sent, resetsReceived: value.resets_received)
     }
 
     static func labels(pid: UInt32, value: tcptop_conn_value) -> ConnectionLabels {

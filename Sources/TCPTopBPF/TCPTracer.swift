@@ -49,9 +49,15 @@ public final class TCPTracer {
     /// The health families this kernel feeds: the RTT on every read path,
     /// retransmits where the tracepoint exists.
     public var healthFamilies: HealthFamilies { countsRetransmits ? .all : .rtt }
+    /// Whether connection outcomes and durations are seen (sock:inet_sock_set_state).
+    public var seesStateChanges: Bool { plan.programs.contains { $0 == .state || $0 == .rawState } }
+    /// Whether resets are counted (tcp:tcp_send_reset, tcp:tcp_receive_reset).
+    public var countsResets: Bool { plan.programs.contains { $0 == .sendReset || $0 == .rawSendReset } }
     /// Why a health family is not served, a line each (empty: all are).
     public var healthGaps: [String] {
-        countsRetransmits ? [] : ["kernel \(kernelRelease()) has no tcp:tcp_retransmit_skb tracepoint (Linux >= 4.16): retransmits are not counted"]
+        (countsRetransmits ? [] : ["kernel \(kernelRelease()) has no tcp:tcp_retransmit_skb tracepoint (Linux >= 4.16): retransmits are not counted"])
+            + (seesStateChanges ? [] : ["kernel \(kernelRelease()) has no sock:inet_sock_set_state tracepoint (Linux >= 4.16): connection outcomes and durations are not counted"])
+            + (countsResets ? [] : ["kernel \(kernelRelease()) has no tcp:tcp_send_reset/tcp_receive_reset tracepoints (Linux >= 4.15): resets are not counted"])
     }
     public let mapCapacity: UInt32
 
