@@ -142,9 +142,27 @@ static __always_inline void note_port(struct tcptop_conn_value *conn, struct soc
 		conn->lport = port;
 }
 
-static __always_inline void add_retransmits(struct tcptop_conn_value *value, __u32 segs)
+/* The socket's own count of retransmitted segments (tcp_sock.total_retrans,
+ * since the connection began): the kernel adds to it before transmitting,
+ * so a retransmit whose transmit then fails (a full device queue) counts
+ * too, and a read at every tracepoint and at close is exact where a sum of
+ * the tracepoint's skbs is not. A plain store: a socket retransmits under
+ * its lock. */
+static __always_inline __u32 total_retrans_typed(struct sock *sk)
 {
-	__sync_fetch_and_add(&value->retransmits, segs);
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	return tp ? tp->total_retrans : 0;
+}
+
+static __always_inline __u32 total_retrans_untyped(struct sock *sk)
+{
+	return BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
+}
+
+static __always_inline void take_retransmits(struct tcptop_conn_value *value, __u32 total)
+{
+	if (total > value->retransmits)
+		value->retransmits = total;
 }
 
 /* Whether this call is counted at all: the load-time filters. */

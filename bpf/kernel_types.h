@@ -42,6 +42,7 @@ struct sock {
 /* Reached through bpf_skc_to_tcp_sock (typed hooks) or read with CO-RE. */
 struct tcp_sock {
 	__u32 srtt_us; /* smoothed RTT << 3, in microseconds */
+	__u32 total_retrans; /* what TCP_INFO's tcpi_total_retrans says */
 };
 
 struct sk_buff {

@@ -87,6 +87,7 @@ static __always_inline void close_hash(struct sock *sk, bool typed)
 	if (!owned || owned->closed) /* untracked, or another socket's leftover */
 		return;
 	owned->conn.srtt_us = srtt_of(sk, typed);
+	take_retransmits(&owned->conn, typed ? total_retrans_typed(sk) : total_retrans_untyped(sk));
 	if (owned->owner_tgid == 0)
 		pending_changed(-1);
 	if (hand_over(owned))
@@ -110,11 +111,11 @@ static __always_inline struct tcptop_conn_value *owner_hash(struct sock *sk, boo
 	return owned && !owned->closed ? &owned->conn : 0;
 }
 
-static __always_inline void retransmit_hash(struct sock *sk, __u32 segs)
+static __always_inline void retransmit_hash(struct sock *sk, __u32 segs, __u32 total)
 {
 	struct tcptop_conn_value *conn = owner_hash(sk, true, 0);
 	if (conn) {
-		add_retransmits(conn, segs);
+		take_retransmits(conn, total);
 		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
 	}
 	else

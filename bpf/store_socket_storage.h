@@ -75,6 +75,7 @@ static __always_inline void close_storage(struct sock *sk)
 	if (owned->owner_tgid == 0)
 		pending_changed(-1);
 	owned->conn.srtt_us = srtt_typed(sk);
+	take_retransmits(&owned->conn, total_retrans_typed(sk));
 	if (!hand_over(owned)) {
 		/* "closed_conns" is full: user space keeps what the iterator
 		 * last handed it, and the bytes since then count as unattributed. */
@@ -82,7 +83,8 @@ static __always_inline void close_storage(struct sock *sk)
 		add_stat(TCPTOP_STAT_UNATTRIBUTED_SENT_BYTES, owned->conn.sent_bytes - owned->reported_sent_bytes);
 		add_stat(TCPTOP_STAT_UNATTRIBUTED_RECEIVED_BYTES,
 			 owned->conn.received_bytes - owned->reported_received_bytes);
-		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, owned->conn.retransmits - owned->reported_retransmits);
+		if (owned->conn.retransmits > owned->reported_retransmits)
+			add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, owned->conn.retransmits - owned->reported_retransmits);
 	}
 }
 
@@ -102,11 +104,11 @@ static __always_inline struct tcptop_conn_value *owner_storage(struct sock *sk, 
 
 /* A retransmit on a socket: counted on its owner's value (a pending owner
  * when no process moved bytes on it yet). */
-static __always_inline void retransmit_storage(struct sock *sk, __u32 segs)
+static __always_inline void retransmit_storage(struct sock *sk, __u32 segs, __u32 total)
 {
 	struct tcptop_conn_value *conn = owner_storage(sk, true, 0);
 	if (conn) {
-		add_retransmits(conn, segs);
+		take_retransmits(conn, total);
 		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
 	}
 	else
@@ -124,6 +126,7 @@ int tcptop_dump(struct bpf_iter__bpf_sk_storage_map *ctx)
 	struct sock *sk = ctx->sk; /* one load: the null check must cover its use below */
 	if (!sk || !owned || !owned->owner_tgid) /* pending: no owner yet */
 		return 0;
+	take_retransmits(&owned->conn, total_retrans_typed(sk));
 	struct tcptop_conn_record record = {};
 	record.key.cookie = owned->cookie;
 	record.key.tgid = owned->owner_tgid;

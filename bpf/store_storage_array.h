@@ -135,6 +135,7 @@ static __always_inline void close_array(struct sock *sk)
 	struct tcptop_slot *slot = slot_of(ref);
 	if (slot) {
 		slot->conn.srtt_us = srtt_typed(sk);
+		take_retransmits(&slot->conn, total_retrans_typed(sk));
 		slot->state = TCPTOP_SLOT_CLOSED;
 	}
 }
@@ -154,11 +155,11 @@ static __always_inline struct tcptop_conn_value *owner_array(struct sock *sk, bo
 	return slot ? &slot->conn : 0;
 }
 
-static __always_inline void retransmit_array(struct sock *sk, __u32 segs)
+static __always_inline void retransmit_array(struct sock *sk, __u32 segs, __u32 total)
 {
 	struct tcptop_conn_value *conn = owner_array(sk, true, 0);
 	if (conn) {
-		add_retransmits(conn, segs);
+		take_retransmits(conn, total);
 		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
 	}
 	else

@@ -69,25 +69,28 @@ static __always_inline void close_typed(struct sock *sk)
 		close_storage(sk);
 }
 
-/* A retransmitted skb (tcp:tcp_retransmit_skb, softirq or timer context:
- * no process to filter by), on the socket's owner's counters. */
-static __always_inline void retransmitted_typed(struct sock *sk, struct sk_buff *skb)
+/* A retransmit (tcp:tcp_retransmit_skb, softirq or timer context: no
+ * process to filter by): the socket's own count on its owner's value; an
+ * untracked socket's segments, if this transmit went out (`sent`), to the
+ * unattributed count. */
+static __always_inline void retransmitted_typed(struct sock *sk, struct sk_buff *skb, bool sent)
 {
 	if (settings.count_nothing)
 		return;
-	__u32 segs = retransmitted_segments(skb);
+	__u32 segs = sent ? retransmitted_segments(skb) : 0;
+	__u32 total = total_retrans_typed(sk);
 	if (settings.read_path == TCPTOP_READ_SOCKET_HASH)
-		retransmit_hash(sk, segs);
+		retransmit_hash(sk, segs, total);
 	else if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
-		retransmit_array(sk, segs);
+		retransmit_array(sk, segs, total);
 	else
-		retransmit_storage(sk, segs);
+		retransmit_storage(sk, segs, total);
 }
 
-static __always_inline void retransmitted_untyped(struct sock *sk, struct sk_buff *skb)
+static __always_inline void retransmitted_untyped(struct sock *sk, struct sk_buff *skb, bool sent)
 {
 	if (!settings.count_nothing)
-		retransmit_hash(sk, retransmitted_segments(skb));
+		retransmit_hash(sk, sent ? retransmitted_segments(skb) : 0, total_retrans_untyped(sk));
 }
 
 /* The owner's value of a socket on the plan's read path (untyped hooks: the

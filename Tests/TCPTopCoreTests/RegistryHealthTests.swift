@@ -183,9 +183,11 @@ import TCPTopCore
         #expect(named == Set(families))
     }
 
-    /// A read of a million ends holds a million samples: the health fields cost 8 bytes each, not 16.
-    @Test func aSampleIs96BytesApart() {
-        #expect(MemoryLayout<ConnectionSample>.stride == 96)
+    /// A read of a million ends holds a million samples: the RTT and retransmits
+    /// cost 8 bytes (they share the labels' tail padding), the lifecycle 32.
+    @Test func aSampleIs128BytesApart() {
+        #expect(MemoryLayout<ConnectionSample>.stride == 128)
+        #expect(MemoryLayout<ConnectionLifecycle>.stride == 32)
     }
 
     /// The whole text, every family and view, escaped labels and overflow included.
