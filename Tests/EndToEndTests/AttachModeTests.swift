@@ -16,6 +16,24 @@ struct AttachPlanTests {
 
     static func names(_ plans: [AttachPlan]) -> [String] { plans.map(\.name) }
 
+    /// The state-change and reset hooks follow the close hook's kind, where
+    /// the kernel has their tracepoints.
+    @Test func lifecycleHooksFollowTheCloseHook() throws {
+        var kernel = Self.linux618
+        kernel.stateTracepoint = true
+        kernel.resetTracepoints = true
+        for plan in try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: kernel).plans {
+            let expected: [BPFProgram] = plan.closeHooks == .tpBTF ? [.state, .sendReset, .receiveReset]
+                : [.rawState, .rawSendReset, .rawReceiveReset]
+            #expect(plan.programs.filter { expected.contains($0) || [.state, .rawState, .sendReset, .rawSendReset].contains($0) } == expected,
+                    "\(plan.name)")
+        }
+        kernel.stateTracepoint = false
+        kernel.resetTracepoints = false
+        let without = try AttachPlan.candidates(hooks: .auto, readPath: .auto, kernel: kernel).plans
+        #expect(without.allSatisfy { !$0.programs.contains(.state) && !$0.programs.contains(.rawState) && !$0.programs.contains(.sendReset) })
+    }
+
     /// tcp:tcp_retransmit_skb has (sk, skb) before 6.13 and (sk, skb, err)
     /// since: each plan takes the program of that signature, of its close
     /// hook's kind; a kernel without it gets no retransmit program.

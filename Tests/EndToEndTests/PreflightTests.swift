@@ -57,6 +57,9 @@ struct PreflightTests {
             return Int(vlen).map { $0 - 1 }
         }
         #expect(hooks.retransmitArguments == tracepointArguments("tcp_retransmit_skb"))
+        #expect(hooks.stateTracepoint == (named["TYPEDEF 'btf_trace_inet_sock_set_state'"] != nil))
+        #expect(hooks.resetTracepoints == (named["TYPEDEF 'btf_trace_tcp_send_reset'"] != nil
+            && named["TYPEDEF 'btf_trace_tcp_receive_reset'"] != nil))
         let tracepoints = named["TYPEDEF 'btf_trace_sock_send_length'"] != nil
             && named["TYPEDEF 'btf_trace_sock_recv_length'"] != nil
         #expect(hooks.sendRecvTracepoints == tracepoints)
