@@ -123,11 +123,12 @@ static __always_inline __u32 retransmitted_segments(struct sk_buff *skb)
 }
 
 /* On the read paths without an iterator, the hot path keeps srtt_us fresh:
- * at one in 16 of the owner's calls, so that the read of the socket (a
- * helper call, or a probe read) is not paid on every one. */
-static __always_inline bool rtt_sample_due(struct tcptop_conn_value *value)
+ * at every receive (an exchange ends with one: its ACKs are in by then) and
+ * at one in 16 sends, so that the read of the socket (a helper call, or a
+ * probe read) is not paid on every send of a bulk transfer. */
+static __always_inline bool rtt_sample_due(struct tcptop_conn_value *value, bool is_send)
 {
-	return (++value->rtt_sample_events & 15) == 1;
+	return !is_send || (++value->rtt_sample_events & 15) == 1;
 }
 
 /* connect() binds the local port after SYN_SENT, and a failed connect

@@ -68,7 +68,7 @@ static __always_inline int count_hash(struct sock *sk, __u32 tgid, int ret, bool
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
 	if (owned && owned->owner_tgid == tgid && !owned->closed) {
 		add_bytes(&owned->conn, ret, is_send);
-		if (rtt_sample_due(&owned->conn))
+		if (rtt_sample_due(&owned->conn, is_send))
 			owned->conn.srtt_us = srtt_of(sk, typed);
 		return 0;
 	}

@@ -114,7 +114,7 @@ static __always_inline int count_array(struct sock *sk, __u32 tgid, int ret, boo
 			add_bytes(&slot->conn, ret, is_send);
 			/* No iterator reads the socket on this path: its RTT as of
 			 * a recent send or receive of the owner (and of its close). */
-			if (rtt_sample_due(&slot->conn))
+			if (rtt_sample_due(&slot->conn, is_send))
 				slot->conn.srtt_us = srtt_typed(sk);
 			return 0;
 		}

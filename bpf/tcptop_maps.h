@@ -27,8 +27,8 @@ struct tcptop_conn_value {
 	__u16 lport;
 	__u16 rport;
 	__u16 family; /* AF_INET or AF_INET6 */
-	/* Fallback read paths: the owner's sends and receives so far (mod
-	 * 2^16); one in 16 refreshes srtt_us. In the counters' cache line. */
+	/* Fallback read paths: the owner's sends so far (mod 2^16); one in 16
+	 * refreshes srtt_us (every receive does). In the counters' cache line. */
 	__u16 rtt_sample_events;
 	__u8 comm[TCPTOP_COMM_LEN];
 	/* TCP health, on the socket's owner's value only (0 in "conns"):

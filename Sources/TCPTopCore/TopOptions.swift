@@ -2,8 +2,8 @@ import TCPTopHTTP
 
 /// The command line of `tcptop`: bcc's options and meaning (`[-h] [-C] [-S]
 /// [-p PID] [interval] [count]`), libbpf-tools' extras (`-4`, `-6`, `-r`,
-/// `-s`, `-c`), `--from URL` and `-R` (RETRANS and RTT_MS columns, which
-/// neither original has). Parsed by hand, argparse-style (`-CS`,
+/// `-s`, `-c`), `--from URL`, `-R` (RETRANS and RTT_MS columns) and `-L`
+/// (tcplife's lines for the connections that closed), which neither original has. Parsed by hand, argparse-style (`-CS`,
 /// `-p181`, `--pid=181`, `--`), so that usage and errors read like the
 /// original's and every error is one line.
 
@@ -27,6 +27,9 @@ public struct TopOptions: Equatable, Sendable {
     public var sort = TopSort.all
     /// -R: add the RETRANS and RTT_MS columns.
     public var healthColumns = false
+    /// -L: after each interval's tables, a tcplife line per connection end
+    /// that closed in it (local tracing only).
+    public var lifetimes = false
     /// cgroup v2 directory: only its processes (BPF mode only).
     public var cgroupPath: String?
     /// Read a tcptop-exporter's metrics instead of tracing.
@@ -56,7 +59,7 @@ public struct TopUsageError: Error, Equatable, CustomStringConvertible {
 public enum TopArguments {
     public static let usage = """
         usage: tcptop [-h] [-C] [-S] [-p PID] [-c PATH] [-4 | -6] [-r ROWS]
-                      [-s {all,sent,received}] [-R] [--from URL]
+                      [-s {all,sent,received}] [-R] [-L] [--from URL]
                       [interval] [count]
 
         Summarize TCP send/recv throughput by host
@@ -80,6 +83,9 @@ public enum TopArguments {
           -R, --retrans         add columns RETRANS (segments retransmitted in
                                 the interval) and RTT_MS (smoothed round-trip
                                 time at the interval's end); - when unknown
+          -L, --lifetimes       after each interval, a line per connection that
+                                closed in it, as tcplife prints them (its bytes,
+                                lifetime in ms); not with --from
           --from URL            show a running tcptop-exporter's counters instead
                                 of tracing (no root needed); URL is
                                 [http://]host[:port][/path], port 9435 and path
@@ -102,6 +108,7 @@ public enum TopArguments {
             tcptop -C 5 10         # 5 second summaries, 10 times, no clearing
             tcptop -6 -s sent      # IPv6 only, sorted by bytes sent
             tcptop -R              # with retransmits and RTT per connection
+            tcptop -L              # and the connections that closed, with lifetimes
             tcptop -c /sys/fs/cgroup/unified/system.slice   # only this cgroup
             tcptop --from http://db1:9435/metrics          # view a remote exporter
             tcptop --from https://db1:9435 --ca-file ca.crt --user prometheus --password-file pw
@@ -157,6 +164,7 @@ public enum TopArguments {
                 case "ipv4": try flag(); ipv4 = true
                 case "ipv6": try flag(); ipv6 = true
                 case "retrans": try flag(); options.healthColumns = true
+                case "lifetimes": try flag(); options.lifetimes = true
                 case "pid": options.pid = try pid(value("-p/--pid", attached: attached))
                 case "cgroup": options.cgroupPath = try cgroup(value("-c/--cgroup", attached: attached))
                 case "rows": options.rows = try rows(value("-r/--rows", attached: attached))
@@ -184,6 +192,7 @@ public enum TopArguments {
                 case "4": ipv4 = true
                 case "6": ipv6 = true
                 case "R": options.healthColumns = true
+                case "L": options.lifetimes = true
                 case "p": options.pid = try pid(value("-p/--pid", attached: attached)); letters = ""
                 case "c": options.cgroupPath = try cgroup(value("-c/--cgroup", attached: attached)); letters = ""
                 case "r": options.rows = try rows(value("-r/--rows", attached: attached)); letters = ""
@@ -197,6 +206,9 @@ public enum TopArguments {
             throw TopUsageError("-4/--ipv4 and -6/--ipv6 cannot be used together (give neither for both families)")
         }
         options.family = ipv4 ? .ipv4 : ipv6 ? .ipv6 : nil
+        if options.fromURL != nil && options.lifetimes {
+            throw TopUsageError("-L/--lifetimes cannot be used with --from (an exporter serves lifetimes as histograms, not per connection)")
+        }
         if options.fromURL != nil && options.cgroupPath != nil {
             throw TopUsageError("-c/--cgroup cannot be used with --from (the exporter has no cgroup labels)")
         }

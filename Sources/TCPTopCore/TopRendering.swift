@@ -143,6 +143,35 @@ public struct TopScreen: Sendable {
         left(time, 8) + " source: " + source
     }
 
+    /// -L: the connection ends that closed in the interval, one line each in
+    /// bcc tcplife's columns (`%-5d %-10.10s %-15s %-5d %-15s %-5d %5d %5d
+    /// %.2f`): bytes over the end's whole life in KB, the lifetime in ms
+    /// (established → closed; `-` when its establishment was not seen, as for
+    /// a failed connect). Empty when none closed; `family` as -4/-6.
+    public static func lifetimeLines(_ closed: [ConnectionSample], family: AddressFamily?) -> String {
+        let ends = closed.filter { family == nil || $0.labels.family == family }
+        guard !ends.isEmpty else { return "" }
+        var text = "PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS\n"
+        for end in ends {
+            let labels = end.labels
+            let lifetime = end.lifecycle.lifetimeMicroseconds
+            let milliseconds = lifetime == 0 ? "-" : hundredthsText(lifetime)
+            text += left("\(labels.pid)", 5) + " " + left(String(displayName(labels.comm).prefix(10)), 10) + " "
+                + left(labels.localAddress, 15) + " " + left("\(labels.localPort)", 5) + " "
+                + left(labels.remoteAddress, 15) + " " + left("\(labels.remotePort)", 5) + " "
+                + right("\(end.sentBytes / 1024)", 5) + " " + right("\(end.receivedBytes / 1024)", 5) + " "
+                + milliseconds + "\n"
+        }
+        return text + "\n"
+    }
+
+    /// Microseconds as milliseconds with two decimals, rounded half up (3163849 → "3163.85").
+    public static func hundredthsText(_ microseconds: UInt64) -> String {
+        let hundredths = (microseconds + 5) / 10
+        let fraction = hundredths % 100
+        return "\(hundredths / 100)." + (fraction < 10 ? "0" : "") + "\(fraction)"
+    }
+
     /// `Tracing... Output every N secs. Hit Ctrl-C to end`, the original's first line.
     public static func startLine(interval: Int) -> String {
         "Tracing... Output every \(interval) secs. Hit Ctrl-C to end\n"

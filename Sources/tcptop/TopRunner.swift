@@ -32,8 +32,17 @@ struct TopRunner {
         var counter = TopIntervalCounter<ConnectionID>()
         // Without the retransmit hook RETRANS is `-` (unknown), not a made-up 0.
         let retransmitsCounted = tracer!.countsRetransmits
-        let status = loop(summary: { Self.loadSummary() }) {
-            counter.advance(samples: try tracer!.read().connections, retransmitsCounted: retransmitsCounted)
+        if options.lifetimes && !tracer!.seesStateChanges {
+            Output.error("-L/--lifetimes: \(tracer!.healthGaps.joined(separator: "; "))")
+            return 1
+        }
+        var closed: [ConnectionSample] = []
+        let status = loop(summary: { Self.loadSummary() }, after: {
+            options.lifetimes ? TopScreen.lifetimeLines(closed, family: options.family) : ""
+        }) {
+            let samples = try tracer!.read().connections
+            if options.lifetimes { closed = samples.filter(\.closed) }
+            return counter.advance(samples: samples, retransmitsCounted: retransmitsCounted)
         }
         tracer = nil  // detach the BPF programs before exiting
         return status
@@ -59,7 +68,7 @@ struct TopRunner {
 
     /// Prints "Tracing...", then one screen per interval until `count` or a
     /// stop signal. Intervals are kept on a fixed schedule so they don't drift.
-    private func loop(summary: () -> String, next: () throws -> [TopRow]) -> Int32 {
+    private func loop(summary: () -> String, after: () -> String = { "" }, next: () throws -> [TopRow]) -> Int32 {
         guard Output.write(TopScreen.startLine(interval: options.interval)) else { return 0 }
         let interval = Double(options.interval)
         var deadline = StopSignals.now() + interval
@@ -77,7 +86,7 @@ struct TopRunner {
                 Output.error("\(error)")
                 return 1
             }
-            let text = screen.render(rows: rows, summary: options.noSummary ? nil : summary(), clear: clear)
+            let text = screen.render(rows: rows, summary: options.noSummary ? nil : summary(), clear: clear) + after()
             guard Output.write(text) else { return 0 }  // stdout closed (e.g. `| head`): stop quietly
             printed += 1
         }

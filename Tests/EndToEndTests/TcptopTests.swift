@@ -320,6 +320,38 @@ struct TcptopTests {
         print("tcptop -R over the delay line: client rows \(clientRows.map { $0.joined(separator: " ") }), tcpi_total_retrans \(retransmits), tcpi_rtt \(rtt) µs")
     }
 
+    /// -L: a connection held a second, then closed, gets a tcplife line per
+    /// end in the interval it closed: its pid, ports, whole-life KB and a
+    /// lifetime of the hold; the rows of the interval tables are unchanged.
+    @Test(.enabled(if: runningAsRoot, "needs root for BPF"))
+    func lifetimeLinesShowTheConnectionsThatClosed() throws {
+        let top = try TcptopRun(["-C", "-L", "-r", allRows, "1", "4"])
+        try top.waitForTracing()
+        let server = try HeldPeer(["serve", "--family", "4", "--name", "tt-life-srv", "--receive", "3000", "--send", "5000"])
+        let client = try HeldPeer(["connect", "--family", "4", "--name", "tt-life-cli", "--port", "\(server.ready.port)",
+                                   "--send", "3000", "--receive", "5000"])
+        try client.waitFor("HOLDING")
+        try server.waitFor("HOLDING")
+        usleep(1_000_000)
+        client.release()
+        server.release()
+        try client.waitFor("DONE")
+        try server.waitFor("DONE")
+        let output = try top.finish()
+        #expect(output.status == 0, "stderr: \(output.stderr)")
+        #expect(output.stdout.contains("PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS\n"))
+        let lines = output.lines.map { $0.split(separator: " ") }.filter { $0.count == 9 }
+        let clientLine = try #require(lines.first { $0[0] == "\(client.ready.pid)" }, "\(output.stdout)")
+        let serverLine = try #require(lines.first { $0[0] == "\(server.ready.pid)" }, "\(output.stdout)")
+        #expect(clientLine[1] == "tt-life-cl" && clientLine[5] == "\(server.ready.port)" && clientLine[6] == "2" && clientLine[7] == "4",
+                "\(clientLine)")
+        #expect(serverLine[3] == "\(server.ready.port)" && serverLine[6] == "4" && serverLine[7] == "2", "\(serverLine)")
+        for line in [clientLine, serverLine] {
+            let milliseconds = try #require(Double(line[8]), "\(line)")
+            #expect(milliseconds >= 1000 && milliseconds < 5000, "\(line)")
+        }
+    }
+
     /// Both ends of the exchange: pid, name, addresses, KB summed over the intervals
     /// (a transfer may straddle two intervals; each interval rounds down).
     private func expectExchange(_ exchange: TrafficPeers.Exchange, in output: TcptopOutput) throws {

@@ -53,8 +53,17 @@ import TCPTopCore
             $0.noClear = true; $0.healthColumns = true; $0.noSummary = true; $0.interval = 2
         })
         #expect(try options("-R --from db1").fromURL == TopMetricsURL(host: "db1"))
-        #expect(TopArguments.usage.contains("[-s {all,sent,received}] [-R] [--from URL]"))
+        #expect(TopArguments.usage.contains("[-s {all,sent,received}] [-R] [-L] [--from URL]"))
         #expect(TopArguments.usage.contains("  -R, --retrans         add columns RETRANS"))
+    }
+
+    @Test func lifetimes() throws {
+        #expect(try !options("").lifetimes)
+        #expect(try options("-L").lifetimes && options("--lifetimes").lifetimes)
+        #expect(try options("-CLR 2") == TopOptions().with {
+            $0.noClear = true; $0.lifetimes = true; $0.healthColumns = true; $0.interval = 2
+        })
+        #expect(TopArguments.usage.contains("  -L, --lifetimes       after each interval, a line per connection"))
     }
 
     @Test func help() throws {
@@ -65,6 +74,8 @@ import TCPTopCore
     }
 
     @Test(arguments: [
+        (["-L", "--from", "db1"], "-L/--lifetimes cannot be used with --from (an exporter serves lifetimes as histograms, not per connection)"),
+        (["--lifetimes=1"], "--lifetimes takes no value"),
         (["0"], "invalid interval \"0\": must be a positive whole number of seconds"),
         (["-1"], "invalid interval \"-1\": must be a positive whole number of seconds"),
         (["1.5"], "invalid interval \"1.5\": must be a positive whole number of seconds"),

@@ -220,4 +220,31 @@ func topRow(
     func millisecondsWithOneDecimal(microseconds: UInt32?, text: String) {
         #expect(TopScreen.millisecondsText(microseconds) == text)
     }
+
+    /// -L: tcplife's columns, whole-life KB, the lifetime in ms with two
+    /// decimals, `-` when not known; -4/-6 filter; nothing when none closed.
+    @Test func lifetimeLinesAreTcplifes() {
+        var served = sample(cookie: 1, pid: 4242, comm: "web-backend", laddr: "10.77.0.2", lport: 8080,
+                            raddr: "10.77.0.1", rport: 51234, sent: 2_097_152, received: 1500, closed: true)
+        served.lifecycle = ConnectionLifecycle(role: .server, established: true, lifetimeMicroseconds: 3_163_849)
+        var refused = sample(cookie: 2, pid: 7, comm: "curl", laddr: "10.77.0.1", lport: 40000, raddr: "10.77.0.2",
+                             rport: 1, sent: 0, received: 0, closed: true)
+        refused.lifecycle = ConnectionLifecycle(role: .client, connectError: 111)
+        let v6 = sample(cookie: 3, pid: 9, comm: "ssh", family: .ipv6, laddr: "::1", lport: 22, raddr: "::1", rport: 50000,
+                        sent: 1024, received: 4096, closed: true)
+        #expect(TopScreen.lifetimeLines([served, refused, v6], family: .ipv4) == """
+            PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS
+            4242  web-backen 10.77.0.2       8080  10.77.0.1       51234  2048     1 3163.85
+            7     curl       10.77.0.1       40000 10.77.0.2       1         0     0 -
+
+
+            """)
+        #expect(TopScreen.lifetimeLines([v6], family: nil).contains("\n9     ssh        ::1             22    ::1             50000     1     4 -\n"))
+        #expect(TopScreen.lifetimeLines([], family: nil).isEmpty && TopScreen.lifetimeLines([v6], family: .ipv4).isEmpty)
+    }
+
+    @Test(arguments: [(UInt64(1), "0.00"), (5, "0.01"), (310, "0.31"), (3_163_849, "3163.85"), (1_000_000, "1000.00")])
+    func lifetimeMillisecondsWithTwoDecimals(microseconds: UInt64, text: String) {
+        #expect(TopScreen.hundredthsText(microseconds) == text)
+    }
 }
