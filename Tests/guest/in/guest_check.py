@@ -45,7 +45,9 @@ UNIT = "tcptop-exporter"
 #                a None is recorded (a `#` line), not checked
 #   may_refuse   the daemon may refuse this kernel instead (exit 1, one
 #                error line, never READY); if it serves, auto is checked
-#   programs     the exact tcptop programs auto loads (None: recorded only)
+#   programs     the exact tcptop programs auto loads (None: recorded only);
+#                tcp:tcp_retransmit_skb's hook is of the close hook's kind
+#                (tcptop_retransmit with tcptop_destroy, tcptop_raw_ with _raw_)
 #   passes       more runs of the daemon, each: (name, flags, (mode, read
 #                path) expected, programs or None, extra checks)
 #   health       True: every run that serves also counts retransmits and
@@ -53,21 +55,22 @@ UNIT = "tcptop-exporter"
 #                text saying why this kernel cannot (the check then says so)
 # Exact bytes are checked in every run that serves.
 KPROBE_PROGRAMS = ["tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv",
-                   "tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage", "tcptop_destroy", "tcptop_thread_exit"]
+                   "tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage", "tcptop_destroy", "tcptop_thread_exit",
+                   "tcptop_retransmit"]
 EXPECT = {
     # The only kernel CI boots that allows the fast path: it must be chosen.
     "6.12": dict(release="6.12.", health=True, tracepoints=True, recvmsg_args=5, read_caps="none",
                  auto=("tp_btf", "storage_iterator"), may_refuse=False,
-                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_recv", "tcptop_send"],
+                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_recv", "tcptop_retransmit", "tcptop_send"],
                  passes=[("storage_array", ["--bpf.read-path=storage_array"], ("tp_btf", "storage_array"), None, []),
                          ("socket_hash", ["--bpf.read-path=socket_hash"], ("tp_btf", "socket_hash"), None, []),
                          ("raw_tp", ["--bpf.attach-mode=raw_tp"], ("raw_tp", "socket_hash"),
-                          ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_send"], [])]),
+                          ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_retransmit", "tcptop_raw_send"], [])]),
     "6.1": dict(release="6.1.", health=True, tracepoints=False, recvmsg_args=5, read_caps="none",
                 auto=("fexit", "storage_iterator"), may_refuse=False,
                 # tcp_sendpage still exists on 6.1
                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_fexit_recv5", "tcptop_fexit_send",
-                          "tcptop_fexit_sendpage"],
+                          "tcptop_fexit_sendpage", "tcptop_retransmit"],
                 passes=[("kprobe", ["--bpf.attach-mode=kprobe"], ("kprobe", "socket_hash"), KPROBE_PROGRAMS,
                          ["blocked_receivers"]),
                         ("storage_array", ["--bpf.read-path=storage_array"], ("fexit", "storage_array"), None, []),
@@ -76,7 +79,8 @@ EXPECT = {
     # past both socket-storage read paths (EINVAL, an unknown helper) to the hash.
     "5.10": dict(release="5.10.", health=True, tracepoints=False, recvmsg_args=6, read_caps="CAP_BPF",
                  auto=("fexit", "socket_hash"), may_refuse=False,
-                 programs=["tcptop_destroy", "tcptop_fexit_recv6", "tcptop_fexit_send", "tcptop_fexit_sendpage"],
+                 programs=["tcptop_destroy", "tcptop_fexit_recv6", "tcptop_fexit_send", "tcptop_fexit_sendpage",
+                           "tcptop_retransmit"],
                  passes=[("kprobe", ["--bpf.attach-mode=kprobe"], ("kprobe", "socket_hash"), None, [])]),
 }
 
