@@ -41,8 +41,8 @@ trap on_signal INT TERM HUP
 for kernel in "${kernels[@]}"; do
 	case "$kernel" in 6.1|6.12|5.10) ;; *) fail "unknown guest kernel '$kernel' (6.1, 6.12 or 5.10)" ;; esac
 done
-for tool in qemu-system-x86_64 qemu-img mmdebstrap mkfs.ext4 debugfs strip; do
-	command -v $tool >/dev/null || fail "guest test needs $tool (Debian packages qemu-system-x86 qemu-utils mmdebstrap e2fsprogs binutils)"
+for tool in qemu-system-x86_64 qemu-img mmdebstrap mkfs.ext4 debugfs strip clang; do
+	command -v $tool >/dev/null || fail "guest test needs $tool (Debian packages qemu-system-x86 qemu-utils mmdebstrap e2fsprogs binutils clang)"
 done
 
 t0=$(date +%s)
@@ -86,7 +86,11 @@ guest() {
 
 	mkdir -p "$work/io/in" "$work/io/out"
 	strip -o "$work/io/in/tcptop-exporter" "$binary"
-	cp "$here/in/run.sh" "$here/in/guest_check.py" "$here/in/compare.py" "$root/Tests/traffic_peer.py" \
+	# The delay line for guest_health.py, static: the guest has no compiler.
+	timeout 120 clang -O2 -static -Wall -Wextra -Werror -o "$work/io/in/delayline" "$root/Tests/tools/delayline.c" \
+		|| fail "building the static delay line (clang -static, Tests/tools/delayline.c)"
+	cp "$here/in/run.sh" "$here/in/guest_check.py" "$here/in/guest_health.py" "$here/in/compare.py" \
+		"$root/Tests/traffic_peer.py" "$root/Tests/tools/delayline-netns.sh" \
 		"$root/systemd/tcptop-exporter.service" "$root/Config/tcptop-exporter.yml" "$work/io/in/"
 	[ -z "${GUEST_FILES:-}" ] || cp $GUEST_FILES "$work/io/in/"
 	echo "${GUEST_CHECK:-guest_check.py}" > "$work/io/in/check"

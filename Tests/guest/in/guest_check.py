@@ -10,7 +10,9 @@ and read path `auto` chose against the table, moves known bytes between named
 processes over 127.0.0.1 and ::1, and compares the scraped /metrics exactly.
 Then reload, stop, and nothing left in the kernel. Then the same exact-bytes
 checks once more for each forced pass in the table (in kprobe mode also more
-threads blocked in recv() than kretprobe instances). Where the table allows
+threads blocked in recv() than kretprobe instances). Every run that serves
+also checks TCP health over a delay line (guest_health.py): retransmits and
+RTT against the kernel's own TCP_INFO. Where the table allows
 the daemon to refuse the kernel, a refusal passes if it is clean: exit 1, one
 error line saying why, never READY.
 Prints `ok - ...` / `not ok - ...` lines (also to the serial console, so a
@@ -28,6 +30,8 @@ import tempfile
 import time
 import urllib.request
 
+import guest_health
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "traffic_peer.py")
 METRICS = "http://127.0.0.1:9435/metrics"
@@ -41,35 +45,42 @@ UNIT = "tcptop-exporter"
 #                a None is recorded (a `#` line), not checked
 #   may_refuse   the daemon may refuse this kernel instead (exit 1, one
 #                error line, never READY); if it serves, auto is checked
-#   programs     the exact tcptop programs auto loads (None: recorded only)
+#   programs     the exact tcptop programs auto loads (None: recorded only);
+#                tcp:tcp_retransmit_skb's hook is of the close hook's kind
+#                (tcptop_retransmit with tcptop_destroy, tcptop_raw_ with _raw_)
 #   passes       more runs of the daemon, each: (name, flags, (mode, read
 #                path) expected, programs or None, extra checks)
+#   health       True: every run that serves also counts retransmits and
+#                RTT over the delay line, exactly (guest_health.py); else a
+#                text saying why this kernel cannot (the check then says so)
 # Exact bytes are checked in every run that serves.
 KPROBE_PROGRAMS = ["tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv",
-                   "tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage", "tcptop_destroy", "tcptop_thread_exit"]
+                   "tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage", "tcptop_destroy", "tcptop_thread_exit",
+                   "tcptop_retransmit"]
 EXPECT = {
     # The only kernel CI boots that allows the fast path: it must be chosen.
-    "6.12": dict(release="6.12.", tracepoints=True, recvmsg_args=5, read_caps="none",
+    "6.12": dict(release="6.12.", health=True, tracepoints=True, recvmsg_args=5, read_caps="none",
                  auto=("tp_btf", "storage_iterator"), may_refuse=False,
-                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_recv", "tcptop_send"],
+                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_recv", "tcptop_retransmit", "tcptop_send"],
                  passes=[("storage_array", ["--bpf.read-path=storage_array"], ("tp_btf", "storage_array"), None, []),
                          ("socket_hash", ["--bpf.read-path=socket_hash"], ("tp_btf", "socket_hash"), None, []),
                          ("raw_tp", ["--bpf.attach-mode=raw_tp"], ("raw_tp", "socket_hash"),
-                          ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_send"], [])]),
-    "6.1": dict(release="6.1.", tracepoints=False, recvmsg_args=5, read_caps="none",
+                          ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_retransmit", "tcptop_raw_send"], [])]),
+    "6.1": dict(release="6.1.", health=True, tracepoints=False, recvmsg_args=5, read_caps="none",
                 auto=("fexit", "storage_iterator"), may_refuse=False,
                 # tcp_sendpage still exists on 6.1
                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_fexit_recv5", "tcptop_fexit_send",
-                          "tcptop_fexit_sendpage"],
+                          "tcptop_fexit_sendpage", "tcptop_retransmit"],
                 passes=[("kprobe", ["--bpf.attach-mode=kprobe"], ("kprobe", "socket_hash"), KPROBE_PROGRAMS,
                          ["blocked_receivers"]),
                         ("storage_array", ["--bpf.read-path=storage_array"], ("fexit", "storage_array"), None, []),
                         ("socket_hash", ["--bpf.read-path=socket_hash"], ("fexit", "socket_hash"), None, [])]),
     # bpf_sk_storage_get from tracing programs came in 5.11: fexit steps down
     # past both socket-storage read paths (EINVAL, an unknown helper) to the hash.
-    "5.10": dict(release="5.10.", tracepoints=False, recvmsg_args=6, read_caps="CAP_BPF",
+    "5.10": dict(release="5.10.", health=True, tracepoints=False, recvmsg_args=6, read_caps="CAP_BPF",
                  auto=("fexit", "socket_hash"), may_refuse=False,
-                 programs=["tcptop_destroy", "tcptop_fexit_recv6", "tcptop_fexit_send", "tcptop_fexit_sendpage"],
+                 programs=["tcptop_destroy", "tcptop_fexit_recv6", "tcptop_fexit_send", "tcptop_fexit_sendpage",
+                           "tcptop_retransmit"],
                  passes=[("kprobe", ["--bpf.attach-mode=kprobe"], ("kprobe", "socket_hash"), None, [])]),
 }
 
@@ -380,9 +391,17 @@ def refusal_check(what, flags):
     check("tcptop" not in run("bpftool", "prog", "show").stdout, f"{what}: no BPF program left behind")
 
 
-def forced_pass(index, name, flags, want, programs, extras):
+def health_pass(what, health, seed):
+    """TCP health over the delay line (EXPECT's health: True), or why this kernel cannot."""
+    if health is True:
+        guest_health.health_check(what, seed, check, emit, scrape, samples)
+    else:
+        emit(f"# {what}: no health check on this kernel: {health}")
+
+
+def forced_pass(index, name, flags, want, programs, extras, health):
     """The daemon again, outside systemd, with `flags`: its choice against
-    `want`, then the same exact-bytes checks."""
+    `want`, then the same exact-bytes and health checks."""
     what = f"pass {name} ({' '.join(flags)})"
     log_path = f"/tmp/daemon-{name}.log"
     log = open(log_path, "w")
@@ -403,6 +422,7 @@ def forced_pass(index, name, flags, want, programs, extras):
         check_choice(what, want, text, lines)
         check_programs(what, programs)
         traffic_checks(what, chr(ord("a") + index), seed=21 + 10 * index)
+        health_pass(what, health, seed=2 + index)
         if "blocked_receivers" in extras:
             blocked_receivers_check(what)
     finally:
@@ -573,6 +593,7 @@ def unit_pass(expect):
     t = time.monotonic()
     ends = traffic_checks("auto", "t", seed=1)
     traffic_seconds = time.monotonic() - t
+    health_pass("auto", expect["health"], seed=1)
 
     reload = run("systemctl", "reload", UNIT)
     time.sleep(1)
@@ -634,7 +655,7 @@ def main():
     timings.append(f"auto pass {time.monotonic() - t:.1f} s")
     for index, (name, flags, want, programs, extras) in enumerate(expect["passes"]):
         t = time.monotonic()
-        forced_pass(index, name, flags, want, programs, extras)
+        forced_pass(index, name, flags, want, programs, extras, expect["health"])
         timings.append(f"{name} pass {time.monotonic() - t:.1f} s")
 
     passed = sum(results)
