@@ -47,7 +47,8 @@ UNIT = "tcptop-exporter"
 #                error line, never READY); if it serves, auto is checked
 #   programs     the exact tcptop programs auto loads (None: recorded only);
 #                tcp:tcp_retransmit_skb's hook is of the close hook's kind
-#                (tcptop_retransmit with tcptop_destroy, tcptop_raw_ with _raw_)
+#                (tcptop_retransmit, tcptop_state and the reset hooks with
+#                tcptop_destroy, tcptop_raw_ with _raw_)
 #   passes       more runs of the daemon, each: (name, flags, (mode, read
 #                path) expected, programs or None, extra checks)
 #   health       True: every run that serves also counts retransmits and
@@ -56,21 +57,21 @@ UNIT = "tcptop-exporter"
 # Exact bytes are checked in every run that serves.
 KPROBE_PROGRAMS = ["tcptop_kprobe_send", "tcptop_kretprobe_send", "tcptop_kprobe_recv", "tcptop_kretprobe_recv",
                    "tcptop_kprobe_sendpage", "tcptop_kretprobe_sendpage", "tcptop_destroy", "tcptop_thread_exit",
-                   "tcptop_retransmit"]
+                   "tcptop_retransmit", "tcptop_state", "tcptop_send_reset", "tcptop_receive_reset"]
 EXPECT = {
     # The only kernel CI boots that allows the fast path: it must be chosen.
     "6.12": dict(release="6.12.", health=True, tracepoints=True, recvmsg_args=5, read_caps="none",
                  auto=("tp_btf", "storage_iterator"), may_refuse=False,
-                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_recv", "tcptop_retransmit", "tcptop_send"],
+                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_recv", "tcptop_retransmit", "tcptop_state", "tcptop_send_reset", "tcptop_receive_reset", "tcptop_send"],
                  passes=[("storage_array", ["--bpf.read-path=storage_array"], ("tp_btf", "storage_array"), None, []),
                          ("socket_hash", ["--bpf.read-path=socket_hash"], ("tp_btf", "socket_hash"), None, []),
                          ("raw_tp", ["--bpf.attach-mode=raw_tp"], ("raw_tp", "socket_hash"),
-                          ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_retransmit", "tcptop_raw_send"], [])]),
+                          ["tcptop_raw_destroy", "tcptop_raw_recv", "tcptop_raw_retransmit", "tcptop_raw_state", "tcptop_raw_send_reset", "tcptop_raw_receive_reset", "tcptop_raw_send"], [])]),
     "6.1": dict(release="6.1.", health=True, tracepoints=False, recvmsg_args=5, read_caps="none",
                 auto=("fexit", "storage_iterator"), may_refuse=False,
                 # tcp_sendpage still exists on 6.1
                 programs=["tcptop_destroy", "tcptop_dump", "tcptop_fexit_recv5", "tcptop_fexit_send",
-                          "tcptop_fexit_sendpage", "tcptop_retransmit"],
+                          "tcptop_fexit_sendpage", "tcptop_retransmit", "tcptop_state", "tcptop_send_reset", "tcptop_receive_reset"],
                 passes=[("kprobe", ["--bpf.attach-mode=kprobe"], ("kprobe", "socket_hash"), KPROBE_PROGRAMS,
                          ["blocked_receivers"]),
                         ("storage_array", ["--bpf.read-path=storage_array"], ("fexit", "storage_array"), None, []),
@@ -80,7 +81,7 @@ EXPECT = {
     "5.10": dict(release="5.10.", health=True, tracepoints=False, recvmsg_args=6, read_caps="CAP_BPF",
                  auto=("fexit", "socket_hash"), may_refuse=False,
                  programs=["tcptop_destroy", "tcptop_fexit_recv6", "tcptop_fexit_send", "tcptop_fexit_sendpage",
-                           "tcptop_retransmit"],
+                           "tcptop_retransmit", "tcptop_state", "tcptop_send_reset", "tcptop_receive_reset"],
                  passes=[("kprobe", ["--bpf.attach-mode=kprobe"], ("kprobe", "socket_hash"), None, [])]),
 }
 
