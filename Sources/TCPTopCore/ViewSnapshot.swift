@@ -5,6 +5,8 @@ struct ViewSnapshot: Sendable {
     /// The highest smoothed RTT of each slot's open members, in microseconds
     /// (0: none known, no sample); nil when not rendered or no series has one.
     let rtt: Family<UInt32>?
+    /// Connection outcomes and histograms; nil when none has a sample.
+    let outcomes: OutcomesSnapshot?
     let layout: LabelLayout
     let texts: LabelTexts
     let state: [SeriesView.SlotState]
@@ -16,13 +18,18 @@ struct ViewSnapshot: Sendable {
         let values: [Value]
     }
 
-    private var familyCount: Int { counters.count + (rtt == nil ? 0 : 1) }
+    private var healthFamilyCount: Int { counters.count + (rtt == nil ? 0 : 1) }
+    private var familyCount: Int { healthFamilyCount + (outcomes?.families.count ?? 0) }
 
-    /// An upper bound of one header or sample line (a value takes at most 20 digits).
+    /// An upper bound of one header or of what one series writes in one
+    /// family (a value takes at most 20 digits; a histogram writes a line per bucket).
     var longestLine: Int {
         let texts = counters.map(\.text) + (rtt.map { [$0.text] } ?? [])
-        return max(texts.map(\.header.count).max() ?? 0,
-                   (texts.map(\.name.count).max() ?? 0) + layout.piecesBytes + self.texts.longestText + 22)
+        let line = max(texts.map(\.header.count).max() ?? 0,
+                       (texts.map(\.name.count).max() ?? 0) + layout.piecesBytes + self.texts.longestText + 22)
+        guard let outcomes else { return line }
+        let outcomeLine = outcomes.longestName + layout.piecesBytes + self.texts.longestText + outcomes.longestExtra + 24
+        return max(line, outcomes.longestHeader, outcomeLine * outcomes.linesPerSeries)
     }
 
     /// Writes lines from `cursor` until the piece holds `limit` bytes
@@ -33,8 +40,10 @@ struct ViewSnapshot: Sendable {
         while cursor.family < familyCount {
             let done = if cursor.family < counters.count {
                 fill(counters[cursor.family], seconds: false, &out, until: limit, cursor: &cursor)
-            } else {
+            } else if cursor.family < healthFamilyCount {
                 fill(rtt!, seconds: true, &out, until: limit, cursor: &cursor)
+            } else {
+                fillOutcome(cursor.family - healthFamilyCount, outcomes!, &out, until: limit, cursor: &cursor)
             }
             guard done else { return false }
             cursor.family += 1
@@ -106,7 +115,7 @@ extension SeriesView {
     /// Sums each series as its base plus its members' counters, and takes
     /// the highest RTT of its members (one pass over the entries, indexed by
     /// slot); the overflowed label sets go into the overflow series.
-    func snapshot(entries: [RegistryEntry]) -> ViewSnapshot {
+    func snapshot(entries: [RegistryEntry], reasons: FailureReasons) -> ViewSnapshot {
         let withRetransmits = health.contains(.retransmits)
         let withRTT = health.contains(.rtt)
         var sent = baseSent
@@ -146,7 +155,8 @@ extension SeriesView {
                         ViewSnapshot.Family(text: self.received, values: received)]
         if withRetransmits { counters.append(ViewSnapshot.Family(text: retransmits, values: retransmitted)) }
         return ViewSnapshot(
-            counters: counters, rtt: anyRTT ? ViewSnapshot.Family(text: self.rtt, values: rtt) : nil, layout: layout,
+            counters: counters, rtt: anyRTT ? ViewSnapshot.Family(text: self.rtt, values: rtt) : nil,
+            outcomes: outcomesSnapshot(reasons: reasons), layout: layout,
             texts: labelTexts.texts, state: state, overflowSlot: overflowSlot.map(Int.init),
             seriesCount: renderedSeriesCount)
     }
