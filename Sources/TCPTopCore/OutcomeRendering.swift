@@ -43,9 +43,13 @@ struct OutcomesSnapshot: Sendable {
         }.max() ?? 0
     }
 
+    /// The longest extra label (`reason="..."`, `le="..."`, `direction="received"`) and its separator.
     var longestExtra: Int {
-        (reasonTexts.map(\.count) + [18]).max()!  // le="..." values are at most ~24 bytes
-            + 8
+        let le = families.flatMap { family -> [Int] in
+            if case .histogram(let histogram, _) = family { return histogram.leTexts.map(\.count) }
+            return []
+        }
+        return (reasonTexts.map(\.count) + le + [directionReceived.count]).max()! + 2
     }
 }
 

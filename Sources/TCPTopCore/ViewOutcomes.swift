@@ -130,8 +130,8 @@ extension ConnectionRegistry {
         + "aborted (closed while connecting), host_unreachable, network_unreachable or errno_N. "
         + "A reason no end of these labels had has no sample."
     public static let closedHelp =
-        "Connection ends that closed while traced, those opened before the tracer started included, "
-        + "once per end (no sample while none did)."
+        "Connection ends that closed while traced, once per end: those opened before the tracer started "
+        + "and those of other processes sharing a socket included (no sample while none did)."
     public static let resetsHelp =
         "TCP resets sent and received on the socket's owner's end (tcp:tcp_send_reset, tcp:tcp_receive_reset), "
         + "by direction. A direction without any has no sample."
