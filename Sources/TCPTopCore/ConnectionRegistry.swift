@@ -32,6 +32,8 @@ public final class ConnectionRegistry {
     /// (an entry holds a byte per direction, in its padding).
     private var largeResets: [ConnectionID: (sent: UInt32, received: UInt32)] = [:]
     private(set) var failureReasons = FailureReasons()
+    /// Some entry's role or establishment is in its bits (a snapshot sums them); stays set.
+    private(set) var openEndsWithFacts = false
 
     /// `health`: the families the kernel side can fill; one it has no hook
     /// for is left out of the text (absent, not zeros).
@@ -160,14 +162,14 @@ public final class ConnectionRegistry {
     private func count(_ lifecycle: ConnectionLifecycle, closing: Bool, of entry: inout RegistryEntry, at position: Int,
                        now: Double) {
         if countsLifecycle {
+            // Bits only: an open end's are summed at a snapshot (no record for its series).
             if lifecycle.role != .unknown && !entry.facts.contains(.roleCounted) {
-                entry.facts.insert(.roleCounted)
-                let cell: ViewOutcomes.Cell = lifecycle.role == .client ? .openedClient : .openedServer
-                for view in views.indices { views[view].countOutcome(cell, member: position, now: now) }
+                entry.facts.insert(lifecycle.role == .server ? [.roleCounted, .server] : .roleCounted)
+                openEndsWithFacts = true
             }
-            if lifecycle.established && !entry.facts.contains(.establishedCounted) {
-                entry.facts.insert(.establishedCounted)
-                for view in views.indices { views[view].countOutcome(.established, member: position, now: now) }
+            if lifecycle.established && !entry.facts.contains(.established) {
+                entry.facts.insert(.established)
+                openEndsWithFacts = true
             }
             if lifecycle.connectError != 0 && !entry.facts.contains(.failureCounted) {
                 entry.facts.insert(.failureCounted)
@@ -216,10 +218,11 @@ public final class ConnectionRegistry {
     /// Folds the final counts of the entry at `index` into its series in
     /// every view, then removes it (the last entry moves into its place).
     private func remove(at position: Int, now: Double) {
+        // An entry's facts are read here: the caller stored it back first.
         let entry = entries[position]
         for view in views.indices {
             // Closed (or gone from the kernel): counted once, with its last RTT observed.
-            if countsLifecycle { views[view].countOutcome(.closed, member: position, now: now) }
+            if countsLifecycle { views[view].foldClosing(entry.facts, member: position, now: now) }
             if observesClosedRTT && entry.rtt != 0 { views[view].observe(.closedRTT, UInt64(entry.rtt), member: position) }
             views[view].removeMember(
                 at: position, finalSent: entry.sent, finalReceived: entry.received, finalRetransmits: entry.retransmits)

@@ -11,11 +11,21 @@ struct OutcomesSnapshot: Sendable {
 
     let families: [RenderedFamily]
     let counts: SlotRecords
-    /// The overflow series' record summed with its overflowed label sets'.
+    /// Open ends' roles and establishment by slot (`ViewOutcomes.liveCells` each); empty: none.
+    let live: [UInt32]
+    /// The overflow series' record summed with its overflowed label sets' (open ends included).
     let overflowCounts: [UInt64]?
     /// Failed connects in render order: own series by slot, the overflow series' last (`slot` is its slot).
     let failures: [(slot: Int, reason: Int, count: UInt64)]
     let reasonTexts: [[UInt8]]
+
+    /// An own series' count: its record's, plus its open ends' for the live cells.
+    func value(slot: Int, cell: Int) -> UInt64 {
+        var value: UInt64 = 0
+        if let record = counts.record(of: slot) { value = counts.cells[record * counts.stride + cell] }
+        if cell < ViewOutcomes.liveCells && !live.isEmpty { value &+= UInt64(live[slot * ViewOutcomes.liveCells + cell]) }
+        return value
+    }
 
     /// Lines one series can write in one family at most, for a piece's room.
     var linesPerSeries: Int {
@@ -62,7 +72,7 @@ private let sumSuffix = Array("_sum".utf8)
 private let countSuffix = Array("_count".utf8)
 
 extension SeriesView {
-    func outcomesSnapshot(reasons: FailureReasons) -> OutcomesSnapshot? {
+    func outcomesSnapshot(reasons: FailureReasons, live: [UInt32]) -> OutcomesSnapshot? {
         let counts = outcomes.counts
         let overflow = overflowSlot.map(Int.init)
         func isOwn(_ slot: Int) -> Bool { slot < state.count && state[slot] == .own }
@@ -71,19 +81,29 @@ extension SeriesView {
             guard let overflow else { return [] }
             return [overflow] + state.indices.filter { state[$0] == .overflowed }
         }
-        let overflowCounts = overflow == nil || counts.recordCount == 0 ? nil : counts.sum(of: overflowSlots)
+        var overflowCounts = overflow == nil || counts.recordCount == 0 ? nil : counts.sum(of: overflowSlots)
+        if overflow != nil && !live.isEmpty {
+            for slot in state.indices where state[slot] == .overflowed {
+                for cell in 0..<ViewOutcomes.liveCells where live[slot * ViewOutcomes.liveCells + cell] != 0 {
+                    if overflowCounts == nil { overflowCounts = [UInt64](repeating: 0, count: counts.stride) }
+                    overflowCounts![cell] &+= UInt64(live[slot * ViewOutcomes.liveCells + cell])
+                }
+            }
+        }
+        // Not rendered: what `value` needs of it.
+        let values = OutcomesSnapshot(families: [], counts: counts, live: live, overflowCounts: nil, failures: [], reasonTexts: [])
         var families: [OutcomesSnapshot.RenderedFamily] = []
         func addCounts(_ text: FamilyText, _ cells: [(cell: ViewOutcomes.Cell, extra: [UInt8]?)]) {
+            // Slots with a record, or every slot where open ends may have bits.
+            let candidates = live.isEmpty ? counts.recordOf.indices : state.indices
             let any = cells.contains { cell in
                 overflowCounts.map { $0[cell.cell.rawValue] != 0 } == true
-                    || counts.recordOf.indices.contains { slot in
-                        isOwn(slot) && counts.record(of: slot).map { counts.cells[$0 * counts.stride + cell.cell.rawValue] != 0 } == true
-                    }
+                    || candidates.contains { isOwn($0) && values.value(slot: $0, cell: cell.cell.rawValue) != 0 }
             }
             if any { families.append(.counts(text, cells.map { ($0.cell.rawValue, $0.extra) })) }
         }
         var failures: [(slot: Int, reason: Int, count: UInt64)] = []
-        if counts.recordCount > 0 || !outcomes.failureCounts.isEmpty {
+        if counts.recordCount > 0 || !outcomes.failureCounts.isEmpty || !live.isEmpty {
             addCounts(outcomes.opened, [(.openedClient, roleClient), (.openedServer, roleServer)])
             addCounts(outcomes.established, [(.established, nil)])
             var overflowFailures: [Int: UInt64] = [:]
@@ -113,8 +133,8 @@ extension SeriesView {
             if anyOwn || overflowCells != nil { families.append(.histogram(histogram, overflow: overflowCells)) }
         }
         guard !families.isEmpty else { return nil }
-        return OutcomesSnapshot(families: families, counts: counts, overflowCounts: overflowCounts, failures: failures,
-                                reasonTexts: reasons.labelTexts)
+        return OutcomesSnapshot(families: families, counts: counts, live: live, overflowCounts: overflowCounts,
+                                failures: failures, reasonTexts: reasons.labelTexts)
     }
 }
 
@@ -135,12 +155,12 @@ extension ViewSnapshot {
         return layout.withPieces { pieces in
             switch family {
             case .counts(let text, let cells):
-                return fillSeries(&out, until: limit, cursor: &cursor, has: { outcomes.counts.record(of: $0) != nil },
-                                  overflow: outcomes.overflowCounts) { slot, record, out in
-                    let values = record ?? outcomes.counts.cells  // shared, not copied
-                    let base = record == nil ? outcomes.counts.record(of: slot)! * outcomes.counts.stride : 0
-                    for (cell, extra) in cells where values[base + cell] != 0 {
-                        writeLine(text.name, nil, pieces: pieces, slot: slot, extra: extra, value: values[base + cell], into: &out)
+                return fillSeries(&out, until: limit, cursor: &cursor,
+                                  has: { slot in cells.contains { outcomes.value(slot: slot, cell: $0.cell) != 0 } },
+                                  overflow: outcomes.overflowCounts) { slot, overflowRecord, out in
+                    for (cell, extra) in cells {
+                        let value = overflowRecord?[cell] ?? outcomes.value(slot: slot, cell: cell)
+                        if value != 0 { writeLine(text.name, nil, pieces: pieces, slot: slot, extra: extra, value: value, into: &out) }
                     }
                 }
             case .failures(let text):

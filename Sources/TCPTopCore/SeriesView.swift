@@ -137,6 +137,13 @@ struct SeriesView {
         touch(slot: slot, now: now)
     }
 
+    /// The member at `entryIndex` closes: its facts and its close go into its series' record.
+    mutating func foldClosing(_ facts: EntryFacts, member entryIndex: Int, now: Double) {
+        let slot = slotOfEntry[entryIndex]
+        outcomes.fold(facts, closedIn: Int(slot))
+        touch(slot: slot, now: now)
+    }
+
     mutating func countFailure(reason: UInt16, member entryIndex: Int, now: Double) {
         let slot = slotOfEntry[entryIndex]
         outcomes.countFailure(reason: reason, slot: Int(slot))

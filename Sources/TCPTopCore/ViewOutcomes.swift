@@ -1,13 +1,18 @@
 /// One view's connection outcomes (opened, established, failed connects,
 /// closed, resets) and its histograms, by series slot. Each fact is counted
-/// once per connection end, when a read first shows it (the registry's
-/// entry remembers what it counted), straight into the series' record: a
-/// series keeps them after its ends are gone, like its byte totals.
+/// once per connection end (the registry's entry remembers what it
+/// counted). An open end's role and establishment stay in its entry's bits
+/// and are summed at a snapshot, like its bytes, and folded into its
+/// series' record when it closes: most series of a per-connection view are
+/// open ends and have no record. Failures, resets and observations go into
+/// the record (or the failures table) when a read first shows them.
 struct ViewOutcomes: Sendable {
     /// The cells of a series' outcome record.
     enum Cell: Int {
+        /// The first `liveCells` are also an open end's bits, summed at a snapshot.
         case openedClient, openedServer, established, closed, resetsSent, resetsReceived
     }
+    static let liveCells = 3
 
     let opened: FamilyText
     let established: FamilyText
@@ -47,6 +52,15 @@ struct ViewOutcomes: Sendable {
 
     mutating func count(_ cell: Cell, _ value: UInt64 = 1, slot: Int) {
         counts.add(value, at: cell.rawValue, of: slot)
+    }
+
+    /// A closing end's role and establishment, and its close, in one record access.
+    mutating func fold(_ facts: EntryFacts, closedIn slot: Int) {
+        counts.add(1, at: Cell.closed.rawValue, of: slot)
+        if facts.contains(.roleCounted) {
+            counts.add(1, at: (facts.contains(.server) ? Cell.openedServer : Cell.openedClient).rawValue, of: slot)
+        }
+        if facts.contains(.established) { counts.add(1, at: Cell.established.rawValue, of: slot) }
     }
 
     mutating func countFailure(reason: UInt16, slot: Int) {
@@ -110,13 +124,16 @@ struct FailureReasons: Sendable {
 /// already counted (a read repeats them until the end closes).
 struct EntryFacts: OptionSet {
     let rawValue: UInt8
+    /// Its role is known (client unless `server`) and established was seen:
+    /// summed into its series at a snapshot while it is open, folded at its close.
     static let roleCounted = EntryFacts(rawValue: 1)
-    static let establishedCounted = EntryFacts(rawValue: 2)
+    static let established = EntryFacts(rawValue: 2)
     static let failureCounted = EntryFacts(rawValue: 4)
     static let connectObserved = EntryFacts(rawValue: 8)
     static let lifetimeObserved = EntryFacts(rawValue: 16)
     /// The entry's reset counts are in the registry's side table (one went past 254).
     static let largeResets = EntryFacts(rawValue: 32)
+    static let server = EntryFacts(rawValue: 64)
 }
 
 extension ConnectionRegistry {

@@ -115,25 +115,31 @@ extension SeriesView {
     /// Sums each series as its base plus its members' counters, and takes
     /// the highest RTT of its members (one pass over the entries, indexed by
     /// slot); the overflowed label sets go into the overflow series.
-    func snapshot(entries: [RegistryEntry], reasons: FailureReasons) -> ViewSnapshot {
+    /// `liveFacts`: some entry's role or establishment is in its bits, to be summed too.
+    func snapshot(entries: [RegistryEntry], reasons: FailureReasons, liveFacts: Bool) -> ViewSnapshot {
         let withRetransmits = health.contains(.retransmits)
         let withRTT = health.contains(.rtt)
         var sent = baseSent
         var received = baseReceived
         var retransmitted = withRetransmits ? baseRetransmits : []
         var rtt = withRTT ? [UInt32](repeating: 0, count: state.count) : []
+        // Open ends by slot: client, server, established (ViewOutcomes.Cell's first three).
+        var live = liveFacts ? [UInt32](repeating: 0, count: state.count * ViewOutcomes.liveCells) : []
         slotOfEntry.withUnsafeBufferPointer { slots in
             entries.withUnsafeBufferPointer { entries in
                 sent.withUnsafeMutableBufferPointer { sent in
                     received.withUnsafeMutableBufferPointer { received in
                         retransmitted.withUnsafeMutableBufferPointer { retransmitted in
                             rtt.withUnsafeMutableBufferPointer { rtt in
-                                for index in entries.indices {
-                                    let slot = Int(slots[index])
-                                    sent[slot] &+= entries[index].sent
-                                    received[slot] &+= entries[index].received
-                                    if withRetransmits { retransmitted[slot] &+= entries[index].retransmits }
-                                    if withRTT { rtt[slot] = max(rtt[slot], entries[index].rtt) }
+                                live.withUnsafeMutableBufferPointer { live in
+                                    for index in entries.indices {
+                                        let slot = Int(slots[index])
+                                        sent[slot] &+= entries[index].sent
+                                        received[slot] &+= entries[index].received
+                                        if withRetransmits { retransmitted[slot] &+= entries[index].retransmits }
+                                        if withRTT { rtt[slot] = max(rtt[slot], entries[index].rtt) }
+                                        if liveFacts { addLive(entries[index].facts, slot: slot, to: live) }
+                                    }
                                 }
                             }
                         }
@@ -156,8 +162,17 @@ extension SeriesView {
         if withRetransmits { counters.append(ViewSnapshot.Family(text: retransmits, values: retransmitted)) }
         return ViewSnapshot(
             counters: counters, rtt: anyRTT ? ViewSnapshot.Family(text: self.rtt, values: rtt) : nil,
-            outcomes: outcomesSnapshot(reasons: reasons), layout: layout,
+            outcomes: outcomesSnapshot(reasons: reasons, live: live), layout: layout,
             texts: labelTexts.texts, state: state, overflowSlot: overflowSlot.map(Int.init),
             seriesCount: renderedSeriesCount)
     }
+}
+
+@inline(__always)
+private func addLive(_ facts: EntryFacts, slot: Int, to live: UnsafeMutableBufferPointer<UInt32>) {
+    let base = slot * ViewOutcomes.liveCells
+    if facts.contains(.roleCounted) {
+        live[base + (facts.contains(.server) ? ViewOutcomes.Cell.openedServer : .openedClient).rawValue] &+= 1
+    }
+    if facts.contains(.established) { live[base + ViewOutcomes.Cell.established.rawValue] &+= 1 }
 }
