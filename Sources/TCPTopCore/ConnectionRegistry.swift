@@ -197,7 +197,7 @@ public final class ConnectionRegistry {
         let known: (sent: UInt32, received: UInt32) = entry.facts.contains(.largeResets)
             ? largeResets[entry.id]! : (UInt32(entry.resetsSent), UInt32(entry.resetsReceived))
         guard sent > known.sent || received > known.received else { return }
-                for view in views.indices {
+        for view in views.indices {
             if sent > known.sent {
                 views[view].countOutcome(.resetsSent, UInt64(sent - known.sent), member: position, now: now)
             }
@@ -218,7 +218,6 @@ public final class ConnectionRegistry {
     /// Folds the final counts of the entry at `index` into its series in
     /// every view, then removes it (the last entry moves into its place).
     private func remove(at position: Int, now: Double) {
-        // An entry's facts are read here: the caller stored it back first.
         let entry = entries[position]
         for view in views.indices {
             // Closed (or gone from the kernel): counted once, with its last RTT observed.
