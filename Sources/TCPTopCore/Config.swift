@@ -122,20 +122,56 @@ public enum ConnectionLabel: String, CaseIterable, Sendable {
 /// are summed into one series.
 public struct ViewConfig: Equatable, Sendable {
     /// Families are `<prefix>_sent_bytes_total`, `<prefix>_received_bytes_total`,
-    /// `<prefix>_retransmitted_segments_total` and `<prefix>_rtt_seconds`.
+    /// `<prefix>_retransmitted_segments_total`, `<prefix>_rtt_seconds`, the
+    /// connection outcomes (`<prefix>_connections_opened_total`,
+    /// `_connections_established_total`, `_connect_failures_total`,
+    /// `_connections_closed_total`, `_resets_total`) and the histograms configured.
     public var prefix = "tcptop"
     /// Kept labels, in `ConnectionLabel.allCases` order.
     public var labels = ConnectionLabel.allCases
     /// At most this many series (0 = no limit); further label sets share one overflow series.
     public var maxSeries = 0
+    /// Upper bounds in seconds of the histograms the view renders; nil: the
+    /// view has no such histogram (a series without an observation has no
+    /// storage for it either). `<prefix>_connect_duration_seconds`:
+    /// SYN sent → established, per client end.
+    public var connectDurationBuckets: [Double]?
+    /// `<prefix>_connection_duration_seconds`: established → closed, per end at its close.
+    public var connectionDurationBuckets: [Double]?
+    /// `<prefix>_connection_rtt_seconds`: an end's last smoothed RTT, at its close.
+    public var rttBuckets: [Double]?
     /// The shipped per-connection view's bound: a scrape of 100k series took
     /// 36 ms and 95 MiB peak RSS here (README, "Performance").
     public static let shippedMaxSeries = 100_000
+    /// What a view's bucket list may hold: bounds in seconds, strictly
+    /// increasing, each one microsecond or more (the resolution of what is observed).
+    public static let maxBuckets = 30
+    public static let bucketRange = 0.000001...1e9
 
-    public init(prefix: String = "tcptop", labels: [ConnectionLabel] = ConnectionLabel.allCases, maxSeries: Int = 0) {
+    public init(prefix: String = "tcptop", labels: [ConnectionLabel] = ConnectionLabel.allCases, maxSeries: Int = 0,
+                connectDurationBuckets: [Double]? = nil, connectionDurationBuckets: [Double]? = nil,
+                rttBuckets: [Double]? = nil) {
         self.prefix = prefix
         self.labels = labels
         self.maxSeries = maxSeries
+        self.connectDurationBuckets = connectDurationBuckets
+        self.connectionDurationBuckets = connectionDurationBuckets
+        self.rttBuckets = rttBuckets
+    }
+
+    /// nil when `buckets` can be a view's bucket list, else the problem, in words.
+    public static func bucketsProblem(_ buckets: [Double]) -> String? {
+        guard !buckets.isEmpty else { return "must list at least one upper bound" }
+        guard buckets.count <= maxBuckets else { return "must list at most \(maxBuckets) upper bounds, got \(buckets.count)" }
+        for (position, bound) in buckets.enumerated() {
+            guard bound.isFinite, bucketRange.contains(bound) else {
+                return "bounds must be seconds from 0.000001 to 1e9, got \(bound) at [\(position)]"
+            }
+            if position > 0 && bound <= buckets[position - 1] {
+                return "bounds must be strictly increasing, got \(bound) after \(buckets[position - 1]) at [\(position)]"
+            }
+        }
+        return nil
     }
 }
 

@@ -173,7 +173,9 @@ private func parseViews(_ field: Field) throws -> [ViewConfig] {
 private func parseView(_ item: Field) throws -> ViewConfig {
     guard item.node.mapping != nil else { throw item.error("must be a mapping of prefix, labels, max_series, got \(describe(item.node))") }
     var view = ViewConfig()
-    let keys = try fields(of: item.node, at: item.key, known: ["prefix", "labels", "max_series"])
+    let keys = try fields(
+        of: item.node, at: item.key,
+        known: ["prefix", "labels", "max_series", "connect_duration_buckets", "connection_duration_buckets", "rtt_buckets"])
     if let field = keys["prefix"] {
         let expected = "a metric name prefix matching [a-zA-Z_:][a-zA-Z0-9_:]*"
         let prefix = try scalar(field, expected: expected)
@@ -192,7 +194,22 @@ private func parseView(_ item: Field) throws -> ViewConfig {
     if let field = keys["max_series"] {
         view.maxSeries = try integer(field, in: 0...Int(Int32.max), note: " (0 = no limit)")
     }
+    if let field = keys["connect_duration_buckets"] { view.connectDurationBuckets = try buckets(field) }
+    if let field = keys["connection_duration_buckets"] { view.connectionDurationBuckets = try buckets(field) }
+    if let field = keys["rtt_buckets"] { view.rttBuckets = try buckets(field) }
     return view
+}
+
+/// A histogram's upper bounds: a list of seconds, checked by `ViewConfig.bucketsProblem`.
+private func buckets(_ field: Field) throws -> [Double] {
+    let expected = "a list of upper bounds in seconds, like [0.001, 0.01, 0.1, 1]"
+    let bounds = try list(field, expected: expected).map { item in
+        let text = try scalar(item, expected: "a number of seconds")
+        guard let value = Double(text), value.isFinite else { throw item.error("must be a number of seconds, got \"\(text)\"") }
+        return value
+    }
+    if let problem = ViewConfig.bucketsProblem(bounds) { throw field.error(problem) }
+    return bounds
 }
 
 private func isMetricNamePrefix(_ text: String) -> Bool {

@@ -25,6 +25,15 @@ public final class ConnectionRegistry {
 
     /// The health families every view renders after its byte families.
     public let health: HealthFamilies
+    private let countsLifecycle: Bool
+    private let countsResets: Bool
+    private let observesClosedRTT: Bool
+    /// The reset counts of the few entries with more than 254 in a direction
+    /// (an entry holds a byte per direction, in its padding).
+    private var largeResets: [ConnectionID: (sent: UInt32, received: UInt32)] = [:]
+    private(set) var failureReasons = FailureReasons()
+    /// Some entry's role or establishment is in its bits (a snapshot sums them); stays set.
+    private(set) var openEndsWithFacts = false
 
     /// `health`: the families the kernel side can fill; one it has no hook
     /// for is left out of the text (absent, not zeros).
@@ -32,6 +41,9 @@ public final class ConnectionRegistry {
         self.views = views.map { SeriesView(config: $0, health: health) }
         self.closedRetention = closedRetention
         self.health = health
+        countsLifecycle = health.contains(.lifecycle)
+        countsResets = health.contains(.resets)
+        observesClosedRTT = health.contains(.rtt) && self.views.contains { $0.hasClosedRTTHistogram }
     }
 
     public convenience init(config: ExporterConfig, health: HealthFamilies = .all) {
@@ -61,7 +73,7 @@ public final class ConnectionRegistry {
             // Fields, not the whole sample: a copy would retain its labels' three buffers.
             let id = samples[current].id
             if next < entries.count && entries[next].has(id) {
-                apply(samples[current].counts, toEntryAt: next, now: now)
+                apply(samples[current].counts, samples[current].lifecycle, toEntryAt: next, now: now)
                 next += 1
             } else if id.cookie > highestCookie {
                 // A run of rising cookies above every known one: all new, all distinct.
@@ -74,7 +86,7 @@ public final class ConnectionRegistry {
                 current = end
                 continue
             } else if let position = index.find(id, in: entries) {
-                apply(samples[current].counts, toEntryAt: position, now: now)
+                apply(samples[current].counts, samples[current].lifecycle, toEntryAt: position, now: now)
                 next = position + 1
             } else {
                 insert(samples[current...current], now: now)
@@ -85,7 +97,7 @@ public final class ConnectionRegistry {
         var position = 0
         while position < entries.count {
             if entries[position].lastRead != readCount {  // closed, or missing from this read
-                remove(at: position)  // the last entry moves here: look at this position again
+                remove(at: position, now: now)  // the last entry moves here: look at this position again
             } else {
                 position += 1
             }
@@ -112,11 +124,18 @@ public final class ConnectionRegistry {
                 cookie: sample.id.cookie, pid: sample.id.pid,
                 lastRead: sample.closed ? RegistryEntry.closedMark : readCount, rtt: sample.smoothedRTTMicroseconds))
             for view in views.indices { views[view].addPreparedMember(offset, now: now) }
+            if sample.lifecycle.hasFacts {
+                let position = entries.count - 1
+                count(sample.lifecycle, closing: sample.closed, of: &entries[position], at: position, now: now)
+            }
         }
     }
 
-    private func apply(_ sample: SampleCounts, toEntryAt position: Int, now: Double) {
+    private func apply(_ sample: SampleCounts, _ lifecycle: ConnectionLifecycle, toEntryAt position: Int, now: Double) {
         var entry = entries[position]
+        if lifecycle.hasFacts {
+            count(lifecycle, closing: sample.closed && entry.lastRead != RegistryEntry.closedMark, of: &entry, at: position, now: now)
+        }
         // A lower value can only be a stale read; keeping the higher one keeps every sum monotonic.
         let changed = sample.sentBytes > entry.sent || sample.receivedBytes > entry.received
             || sample.retransmits > entry.retransmits
@@ -137,14 +156,77 @@ public final class ConnectionRegistry {
         entries[position] = entry
     }
 
+    /// Counts what `lifecycle` says of the entry at `position` that it has
+    /// not counted yet, in every view. `closing`: this read is the first to
+    /// say it closed.
+    private func count(_ lifecycle: ConnectionLifecycle, closing: Bool, of entry: inout RegistryEntry, at position: Int,
+                       now: Double) {
+        if countsLifecycle {
+            // Bits only: an open end's are summed at a snapshot (no record for its series).
+            if lifecycle.role != .unknown && !entry.facts.contains(.roleCounted) {
+                entry.facts.insert(lifecycle.role == .server ? [.roleCounted, .server] : .roleCounted)
+                openEndsWithFacts = true
+            }
+            if lifecycle.established && !entry.facts.contains(.established) {
+                entry.facts.insert(.established)
+                openEndsWithFacts = true
+            }
+            if lifecycle.connectError != 0 && !entry.facts.contains(.failureCounted) {
+                entry.facts.insert(.failureCounted)
+                let reason = failureReasons.code(of: lifecycle)
+                for view in views.indices { views[view].countFailure(reason: reason, member: position, now: now) }
+            }
+            if lifecycle.connectMicroseconds != 0 && !entry.facts.contains(.connectObserved) {
+                entry.facts.insert(.connectObserved)
+                for view in views.indices {
+                    views[view].observe(.connect, UInt64(lifecycle.connectMicroseconds), member: position)
+                }
+            }
+            if closing && lifecycle.lifetimeMicroseconds != 0 && !entry.facts.contains(.lifetimeObserved) {
+                entry.facts.insert(.lifetimeObserved)
+                for view in views.indices { views[view].observe(.lifetime, lifecycle.lifetimeMicroseconds, member: position) }
+            }
+        }
+        if countsResets && (lifecycle.resetsSent != 0 || lifecycle.resetsReceived != 0) {
+            countResets(sent: lifecycle.resetsSent, received: lifecycle.resetsReceived, of: &entry, at: position, now: now)
+        }
+    }
+
+    /// Resets are counters: what a read adds above the entry's highest so far is counted.
+    private func countResets(sent: UInt32, received: UInt32, of entry: inout RegistryEntry, at position: Int, now: Double) {
+        let known: (sent: UInt32, received: UInt32) = entry.facts.contains(.largeResets)
+            ? largeResets[entry.id]! : (UInt32(entry.resetsSent), UInt32(entry.resetsReceived))
+        guard sent > known.sent || received > known.received else { return }
+        for view in views.indices {
+            if sent > known.sent {
+                views[view].countOutcome(.resetsSent, UInt64(sent - known.sent), member: position, now: now)
+            }
+            if received > known.received {
+                views[view].countOutcome(.resetsReceived, UInt64(received - known.received), member: position, now: now)
+            }
+        }
+        let highest = (sent: max(sent, known.sent), received: max(received, known.received))
+        if entry.facts.contains(.largeResets) || highest.sent > 254 || highest.received > 254 {
+            entry.facts.insert(.largeResets)
+            largeResets[entry.id] = highest
+        } else {
+            entry.resetsSent = UInt8(highest.sent)
+            entry.resetsReceived = UInt8(highest.received)
+        }
+    }
+
     /// Folds the final counts of the entry at `index` into its series in
     /// every view, then removes it (the last entry moves into its place).
-    private func remove(at position: Int) {
+    private func remove(at position: Int, now: Double) {
         let entry = entries[position]
         for view in views.indices {
+            // Closed (or gone from the kernel): counted once, with its last RTT observed.
+            if countsLifecycle { views[view].foldClosing(entry.facts, member: position, now: now) }
+            if observesClosedRTT && entry.rtt != 0 { views[view].observe(.closedRTT, UInt64(entry.rtt), member: position) }
             views[view].removeMember(
                 at: position, finalSent: entry.sent, finalReceived: entry.received, finalRetransmits: entry.retransmits)
         }
+        if entry.facts.contains(.largeResets) { largeResets[entry.id] = nil }
         index.remove(entry.id, at: position)
         let last = entries.removeLast()
         if position < entries.count {
@@ -196,6 +278,14 @@ struct SampleCounts {
     var closed: Bool
 }
 
+extension ConnectionLifecycle {
+    /// Anything for the registry to count (most ends of a tracer without the hooks: no).
+    var hasFacts: Bool {
+        role != .unknown || established || connectError != 0 || connectMicroseconds != 0 || lifetimeMicroseconds != 0
+            || resetsSent != 0 || resetsReceived != 0
+    }
+}
+
 extension ConnectionSample {
     var counts: SampleCounts {
         SampleCounts(sentBytes: sentBytes, receivedBytes: receivedBytes, retransmits: retransmittedSegments,
@@ -203,7 +293,7 @@ extension ConnectionSample {
     }
 }
 
-/// One connection end as the registry holds it: 44 bytes, 48 apart in the array.
+/// One connection end as the registry holds it: 47 bytes, 48 apart in the array.
 struct RegistryEntry {
     var sent: UInt64
     var received: UInt64
@@ -215,6 +305,11 @@ struct RegistryEntry {
     var lastRead: UInt32
     /// The smoothed RTT in microseconds as of the last read; 0 = unknown.
     var rtt: UInt32
+    /// Lifecycle facts already counted, and the highest reset counts seen
+    /// (in `largeResets` instead once one passes 254): the padding's 3 bytes.
+    var facts = EntryFacts()
+    var resetsSent: UInt8 = 0
+    var resetsReceived: UInt8 = 0
 
     static let closedMark: UInt32 = 0
 
@@ -231,7 +326,15 @@ public struct HealthFamilies: OptionSet, Sendable, Hashable {
 
     /// `<prefix>_retransmitted_segments_total`, a counter.
     public static let retransmits = HealthFamilies(rawValue: 1)
-    /// `<prefix>_rtt_seconds`, a gauge.
+    /// `<prefix>_rtt_seconds`, a gauge (and `<prefix>_connection_rtt_seconds`
+    /// where a view has its buckets).
     public static let rtt = HealthFamilies(rawValue: 2)
-    public static let all: HealthFamilies = [.retransmits, .rtt]
+    /// sock:inet_sock_set_state: `<prefix>_connections_opened_total`,
+    /// `_connections_established_total`, `_connect_failures_total`,
+    /// `_connections_closed_total`, and the connect and connection duration
+    /// histograms where a view has their buckets.
+    public static let lifecycle = HealthFamilies(rawValue: 4)
+    /// The reset tracepoints: `<prefix>_resets_total`.
+    public static let resets = HealthFamilies(rawValue: 8)
+    public static let all: HealthFamilies = [.retransmits, .rtt, .lifecycle, .resets]
 }

@@ -121,7 +121,7 @@ public struct ExpositionWriter: Sendable {
 }
 
 public enum MetricType: String, Sendable {
-    case counter, gauge, untyped
+    case counter, gauge, histogram, untyped
 }
 
 /// Label value bytes escaped for the exposition format. Any bytes are

@@ -17,7 +17,7 @@ extension ConnectionRegistry {
     /// at most the per-slot state and text positions and one 64 KiB chunk of
     /// label text per view; a text compaction copies the live texts).
     public func snapshot() -> RegistrySnapshot {
-        RegistrySnapshot(views: views.map { $0.snapshot(entries: entries) })
+        RegistrySnapshot(views: views.map { $0.snapshot(entries: entries, reasons: failureReasons, liveFacts: openEndsWithFacts) })
     }
 
     /// Writes the families of every view (the whole text in one buffer;

@@ -30,6 +30,8 @@ struct SeriesView {
     /// What the stored label values are rendered between.
     let layout: LabelLayout
     let overflowLabelText: [UInt8]
+    /// Connection outcomes and histograms, by slot (records only for the series that have some).
+    private(set) var outcomes: ViewOutcomes
 
     /// The slot of each registry entry, parallel to the registry's entry array.
     private(set) var slotOfEntry: [Int32] = []
@@ -62,6 +64,7 @@ struct SeriesView {
             name: "\(config.prefix)_retransmitted_segments_total", help: ConnectionRegistry.retransmitsHelp, type: .counter)
         rtt = FamilyText(name: "\(config.prefix)_rtt_seconds", help: ConnectionRegistry.rttHelp, type: .gauge)
         layout = LabelLayout(names: config.labels.map(\.rawValue))
+        outcomes = ViewOutcomes(config: config)
         var overflow: [UInt8] = []
         for _ in config.labels { LabelLayout.appendValue(Array("__overflow__".utf8), to: &overflow) }
         overflowLabelText = overflow
@@ -127,6 +130,39 @@ struct SeriesView {
         slotOfEntry.removeLast()
     }
 
+    /// A fact of the member at `entryIndex` counted in its series (activity too).
+    mutating func countOutcome(_ cell: ViewOutcomes.Cell, _ value: UInt64 = 1, member entryIndex: Int, now: Double) {
+        let slot = slotOfEntry[entryIndex]
+        outcomes.count(cell, value, slot: Int(slot))
+        touch(slot: slot, now: now)
+    }
+
+    /// The member at `entryIndex` closes: its facts and its close go into its series' record.
+    mutating func foldClosing(_ facts: EntryFacts, member entryIndex: Int, now: Double) {
+        let slot = slotOfEntry[entryIndex]
+        outcomes.fold(facts, closedIn: Int(slot))
+        touch(slot: slot, now: now)
+    }
+
+    mutating func countFailure(reason: UInt16, member entryIndex: Int, now: Double) {
+        let slot = slotOfEntry[entryIndex]
+        outcomes.countFailure(reason: reason, slot: Int(slot))
+        touch(slot: slot, now: now)
+    }
+
+    enum Observed { case connect, lifetime, closedRTT }
+
+    mutating func observe(_ histogram: Observed, _ microseconds: UInt64, member entryIndex: Int) {
+        let slot = Int(slotOfEntry[entryIndex])
+        switch histogram {
+        case .connect: outcomes.observeConnect(microseconds, slot: slot)
+        case .lifetime: outcomes.observeLifetime(microseconds, slot: slot)
+        case .closedRTT: outcomes.observeClosedRTT(microseconds, slot: slot)
+        }
+    }
+
+    var hasClosedRTTHistogram: Bool { outcomes.rtt != nil }
+
     private mutating func touch(slot: Int32, now: Double) {
         lastActivity[Int(slot)] = now
         if state[Int(slot)] == .overflowed, let overflowSlot {
@@ -156,9 +192,12 @@ struct SeriesView {
     /// Removes series without members whose last activity is `retention` or more ago.
     /// An overflowed label set hands its base to the overflow series first.
     mutating func expireSeries(now: Double, retention: Double) {
+        var fates: [(slot: Int, target: Int?)] = []
         for slot in state.indices where state[slot] == .own || state[slot] == .overflowed {
             guard memberCount[slot] == 0, now - lastActivity[slot] >= retention else { continue }
-            if state[slot] == .overflowed, let overflow = overflowSlot.map(Int.init) {
+            let overflow = state[slot] == .overflowed ? overflowSlot.map(Int.init) : nil
+            fates.append((slot, overflow))
+            if let overflow {
                 baseSent[overflow] &+= baseSent[slot]
                 baseReceived[overflow] &+= baseReceived[slot]
                 baseRetransmits[overflow] &+= baseRetransmits[slot]
@@ -173,7 +212,9 @@ struct SeriesView {
            now - lastActivity[overflow] >= retention {
             freeSlot(overflow)
             overflowSlot = nil
+            fates.append((overflow, nil))
         }
+        outcomes.expire(fates)
     }
 
     // MARK: Slots

@@ -5,6 +5,8 @@ struct ViewSnapshot: Sendable {
     /// The highest smoothed RTT of each slot's open members, in microseconds
     /// (0: none known, no sample); nil when not rendered or no series has one.
     let rtt: Family<UInt32>?
+    /// Connection outcomes and histograms; nil when none has a sample.
+    let outcomes: OutcomesSnapshot?
     let layout: LabelLayout
     let texts: LabelTexts
     let state: [SeriesView.SlotState]
@@ -16,13 +18,18 @@ struct ViewSnapshot: Sendable {
         let values: [Value]
     }
 
-    private var familyCount: Int { counters.count + (rtt == nil ? 0 : 1) }
+    private var healthFamilyCount: Int { counters.count + (rtt == nil ? 0 : 1) }
+    private var familyCount: Int { healthFamilyCount + (outcomes?.families.count ?? 0) }
 
-    /// An upper bound of one header or sample line (a value takes at most 20 digits).
+    /// An upper bound of one header or of what one series writes in one
+    /// family (a value takes at most 20 digits; a histogram writes a line per bucket).
     var longestLine: Int {
         let texts = counters.map(\.text) + (rtt.map { [$0.text] } ?? [])
-        return max(texts.map(\.header.count).max() ?? 0,
-                   (texts.map(\.name.count).max() ?? 0) + layout.piecesBytes + self.texts.longestText + 22)
+        let line = max(texts.map(\.header.count).max() ?? 0,
+                       (texts.map(\.name.count).max() ?? 0) + layout.piecesBytes + self.texts.longestText + 22)
+        guard let outcomes else { return line }
+        let outcomeLine = outcomes.longestName + layout.piecesBytes + self.texts.longestText + outcomes.longestExtra + 24
+        return max(line, outcomes.longestHeader, outcomeLine * outcomes.linesPerSeries)
     }
 
     /// Writes lines from `cursor` until the piece holds `limit` bytes
@@ -33,8 +40,10 @@ struct ViewSnapshot: Sendable {
         while cursor.family < familyCount {
             let done = if cursor.family < counters.count {
                 fill(counters[cursor.family], seconds: false, &out, until: limit, cursor: &cursor)
-            } else {
+            } else if cursor.family < healthFamilyCount {
                 fill(rtt!, seconds: true, &out, until: limit, cursor: &cursor)
+            } else {
+                fillOutcome(cursor.family - healthFamilyCount, outcomes!, &out, until: limit, cursor: &cursor)
             }
             guard done else { return false }
             cursor.family += 1
@@ -106,25 +115,31 @@ extension SeriesView {
     /// Sums each series as its base plus its members' counters, and takes
     /// the highest RTT of its members (one pass over the entries, indexed by
     /// slot); the overflowed label sets go into the overflow series.
-    func snapshot(entries: [RegistryEntry]) -> ViewSnapshot {
+    /// `liveFacts`: some entry's role or establishment is in its bits, to be summed too.
+    func snapshot(entries: [RegistryEntry], reasons: FailureReasons, liveFacts: Bool) -> ViewSnapshot {
         let withRetransmits = health.contains(.retransmits)
         let withRTT = health.contains(.rtt)
         var sent = baseSent
         var received = baseReceived
         var retransmitted = withRetransmits ? baseRetransmits : []
         var rtt = withRTT ? [UInt32](repeating: 0, count: state.count) : []
+        // Open ends by slot: client, server, established (ViewOutcomes.Cell's first three).
+        var live = liveFacts ? [UInt32](repeating: 0, count: state.count * ViewOutcomes.liveCells) : []
         slotOfEntry.withUnsafeBufferPointer { slots in
             entries.withUnsafeBufferPointer { entries in
                 sent.withUnsafeMutableBufferPointer { sent in
                     received.withUnsafeMutableBufferPointer { received in
                         retransmitted.withUnsafeMutableBufferPointer { retransmitted in
                             rtt.withUnsafeMutableBufferPointer { rtt in
-                                for index in entries.indices {
-                                    let slot = Int(slots[index])
-                                    sent[slot] &+= entries[index].sent
-                                    received[slot] &+= entries[index].received
-                                    if withRetransmits { retransmitted[slot] &+= entries[index].retransmits }
-                                    if withRTT { rtt[slot] = max(rtt[slot], entries[index].rtt) }
+                                live.withUnsafeMutableBufferPointer { live in
+                                    for index in entries.indices {
+                                        let slot = Int(slots[index])
+                                        sent[slot] &+= entries[index].sent
+                                        received[slot] &+= entries[index].received
+                                        if withRetransmits { retransmitted[slot] &+= entries[index].retransmits }
+                                        if withRTT { rtt[slot] = max(rtt[slot], entries[index].rtt) }
+                                        if liveFacts { addLive(entries[index].facts, slot: slot, to: live) }
+                                    }
                                 }
                             }
                         }
@@ -146,8 +161,18 @@ extension SeriesView {
                         ViewSnapshot.Family(text: self.received, values: received)]
         if withRetransmits { counters.append(ViewSnapshot.Family(text: retransmits, values: retransmitted)) }
         return ViewSnapshot(
-            counters: counters, rtt: anyRTT ? ViewSnapshot.Family(text: self.rtt, values: rtt) : nil, layout: layout,
+            counters: counters, rtt: anyRTT ? ViewSnapshot.Family(text: self.rtt, values: rtt) : nil,
+            outcomes: outcomesSnapshot(reasons: reasons, live: live), layout: layout,
             texts: labelTexts.texts, state: state, overflowSlot: overflowSlot.map(Int.init),
             seriesCount: renderedSeriesCount)
     }
+}
+
+@inline(__always)
+private func addLive(_ facts: EntryFacts, slot: Int, to live: UnsafeMutableBufferPointer<UInt32>) {
+    let base = slot * ViewOutcomes.liveCells
+    if facts.contains(.roleCounted) {
+        live[base + (facts.contains(.server) ? ViewOutcomes.Cell.openedServer : .openedClient).rawValue] &+= 1
+    }
+    if facts.contains(.established) { live[base + ViewOutcomes.Cell.established.rawValue] &+= 1 }
 }

@@ -31,9 +31,27 @@ import Testing
         let text = try String(contentsOfFile: path, encoding: .utf8)
         for key in ["web", "listen_addresses", "telemetry_path", "max_requests", "max_connections", "read_timeout", "write_timeout",
                     "idle_timeout", "config_file", "bpf", "map_capacity", "attach_mode", "read_path", "connections", "closed_retention", "poll_interval",
-                    "views", "prefix", "labels", "max_series", "log", "level", "format"] {
+                    "views", "prefix", "labels", "max_series", "connect_duration_buckets", "connection_duration_buckets",
+                    "rtt_buckets", "log", "level", "format"] {
             #expect(text.contains("\(key):"), "the shipped file does not document \(key)")
         }
+    }
+
+    @Test func viewsTakeHistogramBuckets() throws {
+        let config = try ExporterConfig.parse(yaml: """
+            views:
+              - prefix: a
+                connect_duration_buckets: [0.001, 0.01, 0.1, 1, 3]
+                connection_duration_buckets: [1, 10, 60, 600, 3600]
+                rtt_buckets: [0.000001, 0.0005, 1e9]
+              - prefix: b
+            """)
+        #expect(config.views[0].connectDurationBuckets == [0.001, 0.01, 0.1, 1, 3])
+        #expect(config.views[0].connectionDurationBuckets == [1, 10, 60, 600, 3600])
+        #expect(config.views[0].rttBuckets == [0.000001, 0.0005, 1e9])
+        #expect(config.views[1] == ViewConfig(prefix: "b"))
+        let thirty = (1...30).map { "\($0)" }.joined(separator: ", ")
+        #expect(try ExporterConfig.parse(yaml: "views: [{rtt_buckets: [\(thirty)]}]").views[0].rttBuckets?.count == 30)
     }
 
     @Test func parsesEveryKey() throws {
@@ -142,7 +160,27 @@ import Testing
         ("views: [{max_series: -1}]",
          #"config: views[0].max_series: must be an integer between 0 and 2147483647 (0 = no limit), got "-1""#),
         ("views: [{size: 1}]",
-         "config: views[0].size: unknown key (known keys here: prefix, labels, max_series)"),
+         "config: views[0].size: unknown key (known keys here: prefix, labels, max_series, connect_duration_buckets, connection_duration_buckets, rtt_buckets)"),
+        ("views: [{connect_duration_buckets: [0.1, 0.05]}]",
+         "config: views[0].connect_duration_buckets: bounds must be strictly increasing, got 0.05 after 0.1 at [1]"),
+        ("views: [{connection_duration_buckets: [1, 1]}]",
+         "config: views[0].connection_duration_buckets: bounds must be strictly increasing, got 1.0 after 1.0 at [1]"),
+        ("views: [{rtt_buckets: [0]}]",
+         "config: views[0].rtt_buckets: bounds must be seconds from 0.000001 to 1e9, got 0.0 at [0]"),
+        ("views: [{rtt_buckets: [-1, 1]}]",
+         "config: views[0].rtt_buckets: bounds must be seconds from 0.000001 to 1e9, got -1.0 at [0]"),
+        ("views: [{rtt_buckets: [0.01, .inf]}]",
+         #"config: views[0].rtt_buckets[1]: must be a number of seconds, got ".inf""#),
+        ("views: [{rtt_buckets: [0.01, 10ms]}]",
+         #"config: views[0].rtt_buckets[1]: must be a number of seconds, got "10ms""#),
+        ("views: [{rtt_buckets: []}]",
+         "config: views[0].rtt_buckets: must list at least one upper bound"),
+        ("views: [{rtt_buckets: 0.1}]",
+         #"config: views[0].rtt_buckets: must be a list of upper bounds in seconds, like [0.001, 0.01, 0.1, 1], got "0.1""#),
+        ("views: [{rtt_buckets: [[1]]}]",
+         "config: views[0].rtt_buckets[0]: must be a number of seconds, got a list"),
+        ("views: [{connect_duration_buckets: [\((1...31).map { "\($0)" }.joined(separator: ", "))]}]",
+         "config: views[0].connect_duration_buckets: must list at most 30 upper bounds, got 31"),
         ("log: {level: verbose}",
          #"config: log.level: must be one of debug, info, warn, error, got "verbose""#),
         ("log: {format: text}",

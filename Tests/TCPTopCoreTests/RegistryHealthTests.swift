@@ -114,7 +114,10 @@ import TCPTopCore
         #expect(renderedRTT(registry).isEmpty)
         #expect(!renderedText(registry).contains("_rtt_seconds"))
         #expect(retransmits(registry)["total_retransmitted_segments_total"] == 40)
-        registry.update(with: [], now: 10 + 2 * retention)
+        // A close is activity (counted in <prefix>_connections_closed_total): the series last the retention from it.
+        registry.update(with: [], now: 20 + 2 * retention - 1)
+        #expect(renderedText(registry).contains("total_connections_closed_total 4"))
+        registry.update(with: [], now: 20 + 2 * retention)
         #expect(renderedText(registry).isEmpty)
     }
 

@@ -9,7 +9,8 @@ import TCPTopCore
         ViewConfig(),
         ViewConfig(prefix: "comm", labels: [.comm]),
         ViewConfig(prefix: "capped", labels: [.pid], maxSeries: 2),
-        ViewConfig(prefix: "total", labels: []),
+        ViewConfig(prefix: "total", labels: [], connectDurationBuckets: [0.001, 0.1], connectionDurationBuckets: [1, 10],
+                   rttBuckets: [0.01]),
     ]
 
     private func text(_ snapshot: RegistrySnapshot, pieceSize: Int = 1 << 16) -> String {
@@ -20,9 +21,18 @@ import TCPTopCore
 
     private func connections(_ count: Int, from first: UInt64, sent: UInt64) -> [ConnectionSample] {
         (0..<UInt64(count)).map {
-            sample(cookie: first + $0, pid: UInt32(($0 + first) % 5), comm: "p\(($0 + first) % 3)",
-                   lport: UInt16(1000 + ($0 + first) % 60_000), sent: sent + $0, received: 2 * $0,
-                   retransmits: ($0 + sent) % 7, rtt: UInt32(($0 + sent) % 4) * 12_345)  // a quarter unknown
+            var end = sample(cookie: first + $0, pid: UInt32(($0 + first) % 5), comm: "p\(($0 + first) % 3)",
+                             lport: UInt16(1000 + ($0 + first) % 60_000), sent: sent + $0, received: 2 * $0,
+                             retransmits: ($0 + sent) % 7, rtt: UInt32(($0 + sent) % 4) * 12_345)  // a quarter unknown
+            // Outcomes of every kind: roles, connect times, failures, resets (some ends close in each read).
+            let kind = ($0 + first) % 6
+            end.closed = kind == 5
+            end.lifecycle = ConnectionLifecycle(
+                role: kind == 0 ? .unknown : kind % 2 == 0 ? .server : .client, established: kind != 3,
+                connectError: kind == 3 ? 111 : 0, connectMicroseconds: kind == 1 ? UInt32(($0 + sent) * 37) : 0,
+                lifetimeMicroseconds: kind == 5 ? ($0 + sent) * 1_234 : 0, resetsSent: UInt32(kind == 4 ? 1 : 0),
+                resetsReceived: UInt32(($0 + sent) % 5 == 0 ? 2 : 0))
+            return end
         }
     }
 

@@ -95,7 +95,8 @@ import TCPTopCore
     }
 
     @Test func entryMissingFromAReadCountsAsClosed() {
-        let registry = ConnectionRegistry(closedRetention: retention)
+        let registry = ConnectionRegistry(closedRetention: retention,
+                                          health: withoutLifecycle)
         registry.update(with: [sample(cookie: 1, sent: 5, received: 0), sample(cookie: 2, lport: 2, sent: 7, received: 0)], now: 0)
         registry.update(with: [sample(cookie: 1, sent: 6, received: 0)], now: 10)
         #expect(registry.liveEntries == 1)  // cookie 2 is final: folded into its series

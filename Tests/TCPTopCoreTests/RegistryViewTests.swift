@@ -42,7 +42,8 @@ import TCPTopCore
 
     @Test func labelSetsPastTheCapShareOneOverflowSeries() {
         let capped = ViewConfig(prefix: "capped", labels: [.comm, .rport], maxSeries: 2)
-        let registry = ConnectionRegistry(views: [capped], closedRetention: retention)
+        let registry = ConnectionRegistry(views: [capped], closedRetention: retention,
+                                          health: withoutLifecycle)
         let overflow = #"capped_sent_bytes_total{comm="__overflow__",rport="__overflow__"}"#
         registry.update(with: [
             sample(cookie: 1, comm: "a", sent: 1, received: 0),
@@ -77,7 +78,8 @@ import TCPTopCore
 
     @Test func overflowNeverGoesBackwardsAndDisappearsLast() {
         let capped = ViewConfig(prefix: "capped", labels: [.comm], maxSeries: 1)
-        let registry = ConnectionRegistry(views: [capped], closedRetention: retention)
+        let registry = ConnectionRegistry(views: [capped], closedRetention: retention,
+                                          health: withoutLifecycle)
         let overflow = #"capped_sent_bytes_total{comm="__overflow__"}"#
         registry.update(with: [
             sample(cookie: 1, comm: "a", sent: 1, received: 0),

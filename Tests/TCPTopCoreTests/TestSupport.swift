@@ -57,3 +57,8 @@ struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// The health families without the connection outcomes: a close is then no
+/// activity, and a series expires the retention after its last bytes
+/// (with them, a close is counted, so the series lasts the retention from it).
+let withoutLifecycle: HealthFamilies = [.retransmits, .rtt]
