@@ -47,8 +47,14 @@ public final class TCPTracer {
         plan.programs.contains { [.retransmit, .retransmitErr, .rawRetransmit, .rawRetransmitErr].contains($0) }
     }
     /// The health families this kernel feeds: the RTT on every read path,
-    /// retransmits where the tracepoint exists.
-    public var healthFamilies: HealthFamilies { countsRetransmits ? .all : .rtt }
+    /// the others where their tracepoints exist.
+    public var healthFamilies: HealthFamilies {
+        var families: HealthFamilies = .rtt
+        if countsRetransmits { families.insert(.retransmits) }
+        if seesStateChanges { families.insert(.lifecycle) }
+        if countsResets { families.insert(.resets) }
+        return families
+    }
     /// Whether connection outcomes and durations are seen (sock:inet_sock_set_state).
     public var seesStateChanges: Bool { plan.programs.contains { $0 == .state || $0 == .rawState } }
     /// Whether resets are counted (tcp:tcp_send_reset, tcp:tcp_receive_reset).

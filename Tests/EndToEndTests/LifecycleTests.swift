@@ -97,4 +97,78 @@ struct LifecycleTests {
         _ = try line.stop()
         print("lifecycle (\(plan)): connect \(connect * 1000) ms, lifetimes \(Double(closedClient.lifecycle.lifetimeMicroseconds) / 1e6) s / \(Double(closedServer.lifecycle.lifetimeMicroseconds) / 1e6) s")
     }
+
+    /// The daemon serves it: outcome counters per connection end and per
+    /// view, and the histograms a view configures, with the samples in the
+    /// right buckets (connect 80 ms: (0.05, 0.1]; held 3 s: (2.5, 5]); a
+    /// refused connect counts for its process; promtool accepts the text.
+    @Test func theDaemonServesOutcomesAndDurationHistograms() throws {
+        let config = NSTemporaryDirectory() + "tcptop-lifecycle-\(getpid()).yml"
+        try """
+        views:
+          - {prefix: tcptop}
+          - prefix: tcptop_comm
+            labels: [comm]
+            connect_duration_buckets: [0.01, 0.05, 0.1, 0.5]
+            connection_duration_buckets: [1, 2.5, 5, 10]
+            rtt_buckets: [0.05, 0.1]
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        defer { unlink(config) }
+        let daemon = try ExporterProcess(arguments: ["--config.file=\(config)"])
+        try daemon.waitReady()
+        let line = try DelayLine(["--delay-ms", "40"])
+        let server = try LinePeer(["serve", "--name", "tt-lcd-srv", "--address", DelayLine.serverAddress,
+                                   "--receive", "1000", "--send", "1000"], hold: true, netns: line.serverNamespace)
+        let (_, port) = try server.readReady()
+        let client = try LinePeer(["connect", "--name", "tt-lcd-cli", "--address", DelayLine.serverAddress, "--port", "\(port)",
+                                   "--send", "1000", "--receive", "1000"], hold: true, netns: line.clientNamespace)
+        let (clientPID, _) = try client.readReady()
+        let refused = try LinePeer(["probe", "--name", "tt-lcd-ref", "--address", DelayLine.serverAddress, "--port", "1",
+                                    "--timeout", "10"], netns: line.clientNamespace)
+        #expect(try refused.readLine(timeout: 15).hasPrefix("CONNECT result=ECONNREFUSED"))
+        try refused.waitDone()
+        try client.waitFor("HOLDING")
+        try server.waitFor("HOLDING")
+        usleep(3_000_000)
+        client.release()
+        server.release()
+        try client.waitDone()
+        try server.waitDone()
+        // Closed ends are handed over at the next read; each scrape reads the kernel.
+        func value(_ samples: [ParsedSample], _ name: String, _ match: [String: String]) -> Double? {
+            samples.first { sample in sample.name == name && match.allSatisfy { sample.labels[$0.key] == $0.value } }?.value
+        }
+        var samples: [ParsedSample] = []
+        let deadline = Date().addingTimeInterval(10)
+        repeat {
+            let reply = try daemon.get()
+            samples = try ExpositionParser.parse(String(decoding: reply.body, as: UTF8.self))
+            if value(samples, "tcptop_comm_connection_duration_seconds_count", ["comm": "tt-lcd-srv"]) == 1
+                && value(samples, "tcptop_comm_connection_duration_seconds_count", ["comm": "tt-lcd-cli"]) == 1 {
+                try expectPromtoolAccepts(reply.body)
+                break
+            }
+            usleep(100_000)
+        } while Date() < deadline
+        let clientEnd = ["pid": "\(clientPID)", "comm": "tt-lcd-cli"]
+        #expect(value(samples, "tcptop_connections_opened_total", clientEnd.merging(["role": "client"]) { $1 }) == 1)
+        #expect(value(samples, "tcptop_connections_established_total", clientEnd) == 1)
+        #expect(value(samples, "tcptop_connections_closed_total", clientEnd) == 1)
+        #expect(value(samples, "tcptop_comm_connections_opened_total", ["comm": "tt-lcd-srv", "role": "server"]) == 1)
+        #expect(value(samples, "tcptop_comm_connect_failures_total", ["comm": "tt-lcd-ref", "reason": "refused"]) == 1)
+        #expect(value(samples, "tcptop_connect_failures_total", ["comm": "tt-lcd-ref", "reason": "refused"]) == 1)
+        // One connect of one round trip (80 ms): in (0.05, 0.1].
+        let connect = ["comm": "tt-lcd-cli"]
+        #expect(value(samples, "tcptop_comm_connect_duration_seconds_bucket", connect.merging(["le": "0.05"]) { $1 }) == 0)
+        #expect(value(samples, "tcptop_comm_connect_duration_seconds_bucket", connect.merging(["le": "0.1"]) { $1 }) == 1)
+        #expect(value(samples, "tcptop_comm_connect_duration_seconds_count", connect) == 1)
+        for comm in ["tt-lcd-cli", "tt-lcd-srv"] {
+            #expect(value(samples, "tcptop_comm_connection_duration_seconds_bucket", ["comm": comm, "le": "2.5"]) == 0, "\(comm)")
+            #expect(value(samples, "tcptop_comm_connection_duration_seconds_bucket", ["comm": comm, "le": "5"]) == 1, "\(comm)")
+            #expect(value(samples, "tcptop_comm_connection_rtt_seconds_bucket", ["comm": comm, "le": "0.1"]) == 1, "\(comm)")
+        }
+        // The per-connection view has no histograms: none configured.
+        #expect(!samples.contains { $0.name.hasPrefix("tcptop_connect_duration_seconds") })
+        _ = try line.stop()
+    }
 }
