@@ -45,8 +45,12 @@ extension TCPTracer {
                 if closed { unownedRetransmits &+= value.retransmits }
                 return
             }
-            // connect() in progress: its local port is not known yet.
-            if value.connecting != 0 && !closed { return }
+            // connect() in progress: its local port is not known yet. And an
+            // open end that has not moved a byte (an idle connection, made at
+            // connect() for its outcome): shown once it moves bytes, fails or
+            // closes, so that idle floods cost no series.
+            if !closed && (value.connecting != 0
+                || (value.sent_bytes == 0 && value.received_bytes == 0 && value.connect_error == 0)) { return }
             let id = ConnectionID(cookie: key.cookie, pid: key.tgid)
             let labels = labelCache[id] ?? sharingComm(Self.labels(pid: key.tgid, value: value))
             if !closed {
