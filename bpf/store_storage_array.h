@@ -79,10 +79,10 @@ static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *
 	if (!slot)
 		return unattributed(ret, is_send);
 	/* Filled while FREE: user space skips it until it is LIVE. */
-	read_connection(sk, &slot->conn);
-	slot->conn.sent_bytes = 0;
-	slot->conn.received_bytes = 0;
-	slot->conn.retransmits = 0;
+	/* A slot is reused: every field of the last socket's value goes. */
+	struct tcptop_conn_value fresh = {};
+	read_connection(sk, &fresh);
+	slot->conn = fresh;
 	slot->cookie = bpf_get_socket_cookie(sk);
 	slot->tgid = tgid;
 	struct tcptop_slot_ref initial = { .cookie = slot->cookie, .owner_tgid = tgid, .slot = index };
@@ -155,15 +155,5 @@ static __always_inline struct tcptop_conn_value *owner_array(struct sock *sk, bo
 	return slot ? &slot->conn : 0;
 }
 
-static __always_inline void retransmit_array(struct sock *sk, __u32 segs, __u32 total)
-{
-	struct tcptop_conn_value *conn = owner_array(sk, true, 0);
-	if (conn) {
-		take_retransmits(conn, total);
-		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
-	}
-	else
-		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
-}
 
 #endif
