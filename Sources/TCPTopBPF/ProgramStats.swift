@@ -6,12 +6,16 @@ public struct ProgramStats: Sendable, Equatable {
     public var name: String
     public var runTimeNanoseconds: UInt64
     public var runCount: UInt64
+    /// Runs the kernel skipped: the program was already running on that CPU
+    /// (a softirq event while it ran for a process), so the event was not
+    /// seen (bpf_prog_info.recursion_misses, Linux >= 5.12; 0 before).
+    public var missedRuns: UInt64
 }
 
 extension TCPTracer {
-    /// Run time and run count of each attached program. They only grow while
+    /// Run time and run count of each loaded program. They only grow while
     /// run-time statistics are enabled (`RunTimeStatistics` or the sysctl
-    /// kernel.bpf_stats_enabled).
+    /// kernel.bpf_stats_enabled); missed runs always do.
     public func programStats() -> [ProgramStats] {
         var stats: [ProgramStats] = []
         var program = bpf_object__next_program(object, nil)
@@ -20,7 +24,8 @@ extension TCPTracer {
             var length = UInt32(MemoryLayout<bpf_prog_info>.size)
             if bpf_obj_get_info_by_fd(bpf_program__fd(current), &info, &length) == 0 {
                 stats.append(ProgramStats(name: String(cString: bpf_program__name(current)),
-                                          runTimeNanoseconds: info.run_time_ns, runCount: info.run_cnt))
+                                          runTimeNanoseconds: info.run_time_ns, runCount: info.run_cnt,
+                                          missedRuns: info.recursion_misses))
             }
             program = bpf_object__next_program(object, current)
         }

@@ -124,7 +124,8 @@ public final class MetricsCollector: @unchecked Sendable {
     private func selfMetricsSnapshot() -> SelfMetrics {
         SelfMetrics(info: info, unattributed: unattributed, kernelEntries: kernelEntries, missedCalls: missedCalls,
                     readErrors: readErrors, scrapeCount: scrapeCount, scrapeSeconds: scrapeSeconds,
-                    liveEntries: registry.liveEntries, views: registry.viewStatistics)
+                    liveEntries: registry.liveEntries, views: registry.viewStatistics,
+                    missedRuns: tracer.programStats().map { ($0.name, $0.missedRuns) })
     }
 }
 

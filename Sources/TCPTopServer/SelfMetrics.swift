@@ -13,6 +13,8 @@ struct SelfMetrics {
     var scrapeSeconds: Double
     var liveEntries: Int
     var views: [ConnectionRegistry.ViewStatistics]
+    /// Per loaded program: runs the kernel skipped (nested on one CPU).
+    var missedRuns: [(program: String, count: UInt64)]
 
     func write(into writer: inout ExpositionWriter) {
         writer.family(name: "tcptop_unattributed_bytes_total",
@@ -59,6 +61,12 @@ struct SelfMetrics {
                       help: "kprobe mode: calls whose return the kernel did not report (too many threads blocked at once); counted as unattributed events.",
                       type: .counter)
         writer.sample(name: "tcptop_exporter_kprobe_missed_calls_total", value: missedCalls)
+        writer.family(name: "tcptop_exporter_bpf_missed_runs_total",
+                      help: "Runs of a BPF program the kernel skipped because it was already running on that CPU (an event in softirq while it ran for a process): those events were not seen (Linux >= 5.12 counts them).",
+                      type: .counter)
+        for (program, count) in missedRuns {
+            writer.sample(name: "tcptop_exporter_bpf_missed_runs_total", labels: [("program", program)], value: count)
+        }
         writer.family(name: "tcptop_exporter_kernel_read_errors_total", help: "Failed reads of the kernel maps.", type: .counter)
         writer.sample(name: "tcptop_exporter_kernel_read_errors_total", value: readErrors)
         writer.family(name: "tcptop_exporter_scrapes_total", help: "Scrapes of the telemetry path answered.", type: .counter)
