@@ -12,28 +12,28 @@
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(tcptop_retransmit, struct sock *sk, struct sk_buff *skb)
 {
-	retransmitted_typed(sk, skb, true);
+	retransmitted(sk, skb, true, true);
 	return 0;
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(tcptop_retransmit_err, struct sock *sk, struct sk_buff *skb, int err)
 {
-	retransmitted_typed(sk, skb, err == 0);
+	retransmitted(sk, skb, err == 0, true);
 	return 0;
 }
 
 SEC("raw_tp/tcp_retransmit_skb")
 int BPF_PROG(tcptop_raw_retransmit, struct sock *sk, struct sk_buff *skb)
 {
-	retransmitted_untyped(sk, skb, true);
+	retransmitted(sk, skb, true, false);
 	return 0;
 }
 
 SEC("raw_tp/tcp_retransmit_skb")
 int BPF_PROG(tcptop_raw_retransmit_err, struct sock *sk, struct sk_buff *skb, int err)
 {
-	retransmitted_untyped(sk, skb, err == 0);
+	retransmitted(sk, skb, err == 0, false);
 	return 0;
 }
 

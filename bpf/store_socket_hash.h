@@ -111,15 +111,5 @@ static __always_inline struct tcptop_conn_value *owner_hash(struct sock *sk, boo
 	return owned && !owned->closed ? &owned->conn : 0;
 }
 
-static __always_inline void retransmit_hash(struct sock *sk, __u32 segs, __u32 total)
-{
-	struct tcptop_conn_value *conn = owner_hash(sk, true, 0);
-	if (conn) {
-		take_retransmits(conn, total);
-		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
-	}
-	else
-		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
-}
 
 #endif

@@ -102,18 +102,6 @@ static __always_inline struct tcptop_conn_value *owner_storage(struct sock *sk, 
 	return owned ? &owned->conn : 0;
 }
 
-/* A retransmit on a socket: counted on its owner's value (a pending owner
- * when no process moved bytes on it yet). */
-static __always_inline void retransmit_storage(struct sock *sk, __u32 segs, __u32 total)
-{
-	struct tcptop_conn_value *conn = owner_storage(sk, true, 0);
-	if (conn) {
-		take_retransmits(conn, total);
-		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
-	}
-	else
-		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, segs);
-}
 
 /* One record per live socket; user space runs it at every read. Each
  * counter is copied with one 8-byte load, so a read never sees a

@@ -69,30 +69,6 @@ static __always_inline void close_typed(struct sock *sk)
 		close_storage(sk);
 }
 
-/* A retransmit (tcp:tcp_retransmit_skb, softirq or timer context: no
- * process to filter by): the socket's own count on its owner's value; an
- * untracked socket's segments, if this transmit went out (`sent`), to the
- * unattributed count. */
-static __always_inline void retransmitted_typed(struct sock *sk, struct sk_buff *skb, bool sent)
-{
-	if (settings.count_nothing)
-		return;
-	__u32 segs = sent ? retransmitted_segments(skb) : 0;
-	__u32 total = total_retrans_typed(sk);
-	if (settings.read_path == TCPTOP_READ_SOCKET_HASH)
-		retransmit_hash(sk, segs, total);
-	else if (settings.read_path == TCPTOP_READ_STORAGE_ARRAY)
-		retransmit_array(sk, segs, total);
-	else
-		retransmit_storage(sk, segs, total);
-}
-
-static __always_inline void retransmitted_untyped(struct sock *sk, struct sk_buff *skb, bool sent)
-{
-	if (!settings.count_nothing)
-		retransmit_hash(sk, sent ? retransmitted_segments(skb) : 0, total_retrans_untyped(sk));
-}
-
 /* The owner's value of a socket on the plan's read path (untyped hooks: the
  * socket hash); `make`: made for `tgid` if missing (0: a pending owner). */
 static __always_inline struct tcptop_conn_value *owner_of(struct sock *sk, bool typed, bool make, __u32 tgid)
@@ -103,6 +79,25 @@ static __always_inline struct tcptop_conn_value *owner_of(struct sock *sk, bool 
 		return owner_array(sk, make, tgid);
 	return owner_storage(sk, make, tgid);
 }
+
+/* A retransmit (tcp:tcp_retransmit_skb, softirq or timer context: no
+ * process to filter by): the socket's own count (total_retrans) on its owner's
+ * value, a pending owner if no process moved bytes on it yet; an untracked
+ * socket's segments, if this transmit went out (`sent`), to the
+ * unattributed count. */
+static __always_inline void retransmitted(struct sock *sk, struct sk_buff *skb, bool sent, bool typed)
+{
+	if (settings.count_nothing)
+		return;
+	struct tcptop_conn_value *conn = owner_of(sk, typed, true, 0);
+	if (conn) {
+		take_retransmits(conn, typed ? total_retrans_typed(sk) : total_retrans_untyped(sk));
+		note_port(conn, sk); /* a SYN sent again: connect() bound the port */
+	} else if (sent) {
+		add_stat(TCPTOP_STAT_UNATTRIBUTED_RETRANSMITS, retransmitted_segments(skb));
+	}
+}
+
 #include "hooks_tracepoints.h"
 #include "hooks_health.h"
 #include "hooks_lifecycle.h"

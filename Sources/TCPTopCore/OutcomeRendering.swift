@@ -214,15 +214,7 @@ extension ViewSnapshot {
                            value: UInt64, seconds: Bool = false, into out: inout OutputBuffer) {
         out.append(name)
         if let suffix { out.append(suffix) }
-        texts.withText(of: slot) { text in
-            var position = 0
-            for label in 0..<pieces.labelCount {
-                out.append(pieces.piece(label))
-                let length = LabelLayout.readLength(text, at: &position)
-                out.append(UnsafeRawBufferPointer(rebasing: text[position..<position + length]))
-                position += length
-            }
-        }
+        writeLabelValues(pieces: pieces, slot: slot, into: &out)
         if let extra {
             if pieces.labelCount == 0 {
                 out.append(byte: UInt8(ascii: "{"))

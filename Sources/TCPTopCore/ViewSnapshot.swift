@@ -91,10 +91,10 @@ struct ViewSnapshot: Sendable {
         return true
     }
 
+    /// The slot's label values, each after its piece (`{pid="`, `",comm="`,
+    /// ...); the closing piece is the caller's (an extra label may come first).
     @inline(__always)
-    private func writeSample(name: UnsafeRawBufferPointer, pieces: LabelLayout.Pieces, slot: Int, value: UInt64,
-                             seconds: Bool, into out: inout OutputBuffer) {
-        out.append(name)
+    func writeLabelValues(pieces: LabelLayout.Pieces, slot: Int, into out: inout OutputBuffer) {
         texts.withText(of: slot) { text in
             var position = 0
             for label in 0..<pieces.labelCount {
@@ -104,6 +104,13 @@ struct ViewSnapshot: Sendable {
                 position += length
             }
         }
+    }
+
+    @inline(__always)
+    private func writeSample(name: UnsafeRawBufferPointer, pieces: LabelLayout.Pieces, slot: Int, value: UInt64,
+                             seconds: Bool, into out: inout OutputBuffer) {
+        out.append(name)
+        writeLabelValues(pieces: pieces, slot: slot, into: &out)
         out.append(pieces.piece(pieces.labelCount))
         out.append(byte: UInt8(ascii: " "))
         if seconds { out.appendMicroseconds(value) } else { out.appendDecimal(value) }
