@@ -8,8 +8,8 @@ import TCPTopCore
 ///   tcptop-bench [FIGURE...] [--only NAME...] [--attach-mode HOOKS] [--read-path PATH] [--quick]
 ///                [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]
 ///
-/// FIGURE is 1-8, NAME one of bpf, throughput, scrape, churn, idle, startup, flood, retransmit.
-/// Figures 1, 2 and 8 are measured for every plan (hooks + read path) the
+/// FIGURE is 1-9, NAME one of bpf, throughput, scrape, churn, idle, startup, flood, retransmit, lifecycle.
+/// Figures 1, 2, 8 and 9 are measured for every plan (hooks + read path) the
 /// kernel allows; --attach-mode and --read-path restrict them to those
 /// plans (the daemon's --bpf.attach-mode / --bpf.read-path values).
 /// Internal modes (the bench runs itself as a child):
@@ -17,9 +17,9 @@ import TCPTopCore
 ///   --synthetic-scrape N      one synthetic scrape size (figure 3)
 
 struct Settings {
-    var figures: Set<Int> = Set(1...8)
+    var figures: Set<Int> = Set(1...9)
     var quick = false
-    /// Rounds per median (figures 1, 3, 6, 8).
+    /// Rounds per median (figures 1, 3, 6, 8, 9).
     var rounds = 5
     /// Throughput ratios are the noisiest figures: more rounds, each this long.
     var throughputRounds = 7
@@ -30,13 +30,13 @@ struct Settings {
     var churnSeconds = 3.0
     var idleSeconds = 60.0
     var churnConfig: String?
-    /// Figures 1, 2 and 8: the plans within these (auto: any).
+    /// Figures 1, 2, 8 and 9: the plans within these (auto: any).
     var attachMode: BPFAttachMode = .auto
     var readPath: BPFReadPath = .auto
-    /// The plans figures 1, 2 and 8 measure, found before they run.
+    /// The plans figures 1, 2, 8 and 9 measure, found before they run.
     var survey = PlanSurvey()
 
-    static let figureNames = ["bpf": 1, "throughput": 2, "scrape": 3, "churn": 4, "idle": 5, "startup": 6, "flood": 7, "retransmit": 8]
+    static let figureNames = ["bpf": 1, "throughput": 2, "scrape": 3, "churn": 4, "idle": 5, "startup": 6, "flood": 7, "retransmit": 8, "lifecycle": 9]
 
     mutating func makeQuick() {
         quick = true
@@ -94,11 +94,11 @@ func parseArguments(_ arguments: [String]) -> Settings {
             guard let seconds = Double(value(argument)), seconds > 0 else { usageError("--churn-seconds needs a positive number") }
             churnSeconds = seconds
         case "-h", "--help":
-            print("usage: tcptop-bench [1-8...] [--only bpf|throughput|scrape|churn|idle|startup|flood|retransmit] [--attach-mode auto|tp_btf|raw_tp|fexit|kprobe] [--read-path auto|storage_iterator|socket_hash] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]")
-            print("Figures 1, 2 and 8 measure every plan (hooks + read path) the kernel allows; --attach-mode and --read-path restrict them.")
+            print("usage: tcptop-bench [1-9...] [--only bpf|throughput|scrape|churn|idle|startup|flood|retransmit|lifecycle] [--attach-mode auto|tp_btf|raw_tp|fexit|kprobe] [--read-path auto|storage_iterator|socket_hash] [--quick] [--idle-seconds N] [--churn-seconds N] [--churn-config FILE]")
+            print("Figures 1, 2, 8 and 9 measure every plan (hooks + read path) the kernel allows; --attach-mode and --read-path restrict them.")
             exit(0)
         default:
-            guard let figure = Int(argument), (1...8).contains(figure) else { usageError("unknown argument \"\(argument)\"") }
+            guard let figure = Int(argument), (1...9).contains(figure) else { usageError("unknown argument \"\(argument)\"") }
             chosen.insert(figure)
         }
     }
@@ -131,9 +131,9 @@ guard getuid() == 0 else {
 Cleanup.shared.installSignalHandlers()
 
 print(Table.header(quick: settings.quick))
-if !settings.figures.isDisjoint(with: [1, 2, 8]) {
+if !settings.figures.isDisjoint(with: [1, 2, 8, 9]) {
     let forced = [settings.attachMode.rawValue, settings.readPath.rawValue]
-    FileHandle.standardError.write(Data("… plans for figures 1, 2 and 8 (attach mode \(forced[0]), read path \(forced[1])): starting each\n".utf8))
+    FileHandle.standardError.write(Data("… plans for figures 1, 2, 8 and 9 (attach mode \(forced[0]), read path \(forced[1])): starting each\n".utf8))
     settings.survey = PlanSurvey.run(attachMode: settings.attachMode, readPath: settings.readPath)
     FileHandle.standardError.write(Data("  \(settings.survey.summary)\n".utf8))
 }
@@ -146,6 +146,7 @@ let figures: [(number: Int, name: String, run: (Settings) -> [Row])] = [
     (6, "start-up", StartupFigure.run),
     (7, "idle flood", IdleFloodFigure.run),
     (8, "BPF time per retransmitted skb", RetransmitFigure.run),
+    (9, "BPF time per lifecycle event", LifecycleFigure.run),
 ]
 var rows: [Row] = []
 let benchStart = now()
@@ -161,10 +162,10 @@ Cleanup.shared.run()
 print()
 print(Table.render(rows))
 print()
-if !settings.figures.isDisjoint(with: [1, 2, 8]) {
+if !settings.figures.isDisjoint(with: [1, 2, 8, 9]) {
     let forced = settings.attachMode == .auto && settings.readPath == .auto
         ? "" : " within --attach-mode \(settings.attachMode.rawValue) --read-path \(settings.readPath.rawValue)"
-    print("Figures 1, 2 and 8, every plan this kernel allows\(forced): \(settings.survey.summary). The fast path is the best plan the kernel's BTF makes possible; the others are fallbacks (targets ≤ 60 ns per event, send loop ≥ 0.92).")
+    print("Figures 1, 2, 8 and 9, every plan this kernel allows\(forced): \(settings.survey.summary). The fast path is the best plan the kernel's BTF makes possible; the others are fallbacks (targets ≤ 60 ns per event, send loop ≥ 0.92).")
 }
 if settings.figures.contains(1) {
     print("Figure 1 enables BPF run-time statistics with BPF_ENABLE_STATS (an fd, closed on exit): kernel.bpf_stats_enabled is never changed, so there is nothing to restore, even after a crash.")
@@ -174,6 +175,9 @@ if settings.figures.contains(3) {
 }
 if settings.figures.contains(8) {
     print("Figure 8: a 64 KiB-write stream across a user-space delay line between two network namespaces (5 ms each way, 3% of the client's data segments dropped), \(settings.quick ? 1 : 2) s per round; ns per skb is the retransmit program's run_time_ns/run_cnt (median of rounds), n its runs in all rounds (any retransmit on the machine runs it); the churn row runs \(RetransmitFigure.churnWorkers) of figure 4's churning threads on loopback beside the stream, no daemon.")
+}
+if settings.figures.contains(9) {
+    print("Figure 9: \(LifecycleFigure.workers) threads, \(settings.quick ? "0.5" : "1") s per round and load, one tracer read every 0.5 s (as the daemon polls); ns per event is each program's run_time_ns/run_cnt (median of rounds), n its runs in all rounds (any TCP socket on the machine runs them). Churn: figure 4's loop (the client closes, the server drains and closes with SO_LINGER {1, 0}); resets: the client closes with SO_LINGER {1, 0} while established, one reset sent and one received per connection.")
 }
 print("Total \(format(now() - benchStart, 0)) s.")
 exit(rows.contains(where: \.failed) ? 1 : 0)  // a missed target is a result, not a failure
