@@ -204,26 +204,30 @@ static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_
  * the socket's owner entry with tgid 0 (pending: user space skips it, and
  * at close its retransmits count as unattributed); the first process that
  * moves bytes on it becomes its owner here. */
-/* Pending owners now. They may take at most half the capacity, so that
- * retransmitting sockets nobody counts bytes on never crowd out those whose
- * bytes are counted; and none under a pid or cgroup filter, which cannot
- * tell whose socket it is. A soft bound, like the storage path's. */
-__s64 pending_owners = 0;
+/* Owner entries tracked now, on every read path (the storage path's bound
+ * on sockets). Entries made before any byte moved (a connect's, a server's
+ * handshake's, a retransmit's pending owner) may take only half of the
+ * capacity, so that idle connections, a flood of them, never crowd out the
+ * sockets whose bytes are counted; pending owners none under a pid or
+ * cgroup filter, which cannot tell whose socket it is. A soft bound: CPUs
+ * making entries at the same instant may pass it together. */
+__s64 tracked_entries = 0;
 
-static __always_inline bool pending_allowed(void)
+static __always_inline void tracked_changed(__s64 by)
 {
-	return !settings.target_tgid && !settings.filter_cgroup && pending_owners < settings.socket_capacity / 2;
+	__sync_fetch_and_add(&tracked_entries, by); /* a sub would need BPF_FETCH in CPU v2 */
 }
 
-static __always_inline void pending_changed(__s64 by)
+static __always_inline bool early_entry_allowed(__u32 tgid)
 {
-	__sync_fetch_and_add(&pending_owners, by);
+	if (!tgid && (settings.target_tgid || settings.filter_cgroup))
+		return false;
+	return tracked_entries < settings.socket_capacity / 2;
 }
 
 static __always_inline void claim(struct tcptop_conn_value *value, __u32 *owner_tgid, __u32 tgid, int ret,
 				  bool is_send)
 {
-	pending_changed(-1);
 	*owner_tgid = tgid;
 	bpf_get_current_comm(&value->comm, sizeof(value->comm));
 	add_bytes(value, ret, is_send);

@@ -39,8 +39,10 @@ static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value 
 		else
 			initial.conn.received_bytes = ret;
 		long err = bpf_map_update_elem(&sk_owners, &key, &initial, BPF_NOEXIST);
-		if (err == 0)
+		if (err == 0) {
+			tracked_changed(1);
 			return 0;
+		}
 		if (err != -EEXIST) /* "sk_owners" is full */
 			return unattributed(ret, is_send);
 		owned = bpf_map_lookup_elem(&sk_owners, &key); /* another CPU inserted it first */
@@ -88,8 +90,7 @@ static __always_inline void close_hash(struct sock *sk, bool typed)
 		return;
 	owned->conn.srtt_us = srtt_of(sk, typed);
 	take_retransmits(&owned->conn, typed ? total_retrans_typed(sk) : total_retrans_untyped(sk));
-	if (owned->owner_tgid == 0)
-		pending_changed(-1);
+	tracked_changed(-1);
 	if (hand_over(owned))
 		bpf_map_delete_elem(&sk_owners, &key); /* the address may be reused: a new entry, new id */
 	else
@@ -102,11 +103,9 @@ static __always_inline struct tcptop_conn_value *owner_hash(struct sock *sk, boo
 {
 	__u64 key = (__u64)sk;
 	struct tcptop_sock_value *owned = bpf_map_lookup_elem(&sk_owners, &key);
-	if (!owned && make && (tgid || pending_allowed())) {
+	if (!owned && make && early_entry_allowed(tgid)) {
 		count_hash_slow(sk, 0, tgid, 0, false);
 		owned = bpf_map_lookup_elem(&sk_owners, &key);
-		if (owned && owned->owner_tgid == 0 && !tgid)
-			pending_changed(1);
 	}
 	return owned && !owned->closed ? &owned->conn : 0;
 }

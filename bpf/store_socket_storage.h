@@ -11,9 +11,6 @@
 #ifndef TCPTOP_STORE_SOCKET_STORAGE_H
 #define TCPTOP_STORE_SOCKET_STORAGE_H
 
-/* Sockets that own a storage now; kept below settings.socket_capacity. */
-__u64 live_sockets = 0;
-
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -28,9 +25,9 @@ static __noinline int count_storage_slow(struct sock *sk, struct tcptop_sock_val
 	if (!owned) {
 		/* A soft bound (no atomic fetch in BPF CPU v2): CPUs creating
 		 * storage at the same instant may pass it together. */
-		if (live_sockets >= settings.socket_capacity)
+		if (tracked_entries >= settings.socket_capacity)
 			return unattributed(ret, is_send);
-		__sync_fetch_and_add(&live_sockets, 1);
+		tracked_changed(1);
 		struct tcptop_sock_value initial = {};
 		read_connection(sk, &initial.conn);
 		initial.cookie = bpf_get_socket_cookie(sk);
@@ -38,7 +35,7 @@ static __noinline int count_storage_slow(struct sock *sk, struct tcptop_sock_val
 		owned = bpf_sk_storage_get(&sockets, sk, &initial, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!owned) {
 			/* Another CPU created it first, or no memory. */
-			__sync_fetch_and_add(&live_sockets, -1); /* a sub would need BPF_FETCH in CPU v2 */
+			tracked_changed(-1);
 			owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
 			if (!owned)
 				return unattributed(ret, is_send);
@@ -71,9 +68,7 @@ static __always_inline void close_storage(struct sock *sk)
 	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
 	if (!owned)
 		return;
-	__sync_fetch_and_add(&live_sockets, -1); /* a sub would need BPF_FETCH in CPU v2 */
-	if (owned->owner_tgid == 0)
-		pending_changed(-1);
+	tracked_changed(-1);
 	owned->conn.srtt_us = srtt_typed(sk);
 	take_retransmits(&owned->conn, total_retrans_typed(sk));
 	if (!hand_over(owned)) {
@@ -93,11 +88,9 @@ static __always_inline void close_storage(struct sock *sk)
 static __always_inline struct tcptop_conn_value *owner_storage(struct sock *sk, bool make, __u32 tgid)
 {
 	struct tcptop_sock_value *owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
-	if (!owned && make && (tgid || pending_allowed())) {
+	if (!owned && make && early_entry_allowed(tgid)) {
 		count_storage_slow(sk, 0, tgid, 0, false);
 		owned = bpf_sk_storage_get(&sockets, sk, 0, 0);
-		if (owned && owned->owner_tgid == 0 && !tgid)
-			pending_changed(1);
 	}
 	return owned ? &owned->conn : 0;
 }

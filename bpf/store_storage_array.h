@@ -99,6 +99,7 @@ static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *
 			return unattributed(ret, is_send);
 	} else {
 		slot->state = TCPTOP_SLOT_LIVE;
+		tracked_changed(1);
 	}
 	add_bytes(&slot->conn, ret, is_send);
 	slot->conn.srtt_us = srtt_typed(sk);
@@ -128,8 +129,7 @@ static __always_inline void close_array(struct sock *sk)
 	if (!ref)
 		return;
 	add_stat(TCPTOP_STAT_CLOSES, 1);
-	if (ref->owner_tgid == 0)
-		pending_changed(-1);
+	tracked_changed(-1);
 	if (ref->shared)
 		mark_shared_final(ref->cookie);
 	struct tcptop_slot *slot = slot_of(ref);
@@ -145,11 +145,9 @@ static __always_inline void close_array(struct sock *sk)
 static __always_inline struct tcptop_conn_value *owner_array(struct sock *sk, bool make, __u32 tgid)
 {
 	struct tcptop_slot_ref *ref = bpf_sk_storage_get(&socket_slots, sk, 0, 0);
-	if (!ref && make && (tgid || pending_allowed())) {
+	if (!ref && make && early_entry_allowed(tgid)) {
 		count_array_slow(sk, 0, tgid, 0, false);
 		ref = bpf_sk_storage_get(&socket_slots, sk, 0, 0);
-		if (ref && ref->owner_tgid == 0 && !tgid)
-			pending_changed(1);
 	}
 	struct tcptop_slot *slot = ref ? slot_of(ref) : 0;
 	return slot ? &slot->conn : 0;

@@ -72,6 +72,43 @@ struct LifecycleTests {
         _ = try dropping.stop()
     }
 
+    /// Entries made before a byte moved (each connect's, each handshake's)
+    /// take at most half the capacity: 200 idle loopback connections with a
+    /// capacity of 64 leave room, and an exchange after them is counted
+    /// exactly, none of its bytes unattributed.
+    @Test(arguments: KernelPlans.allowed)
+    func idleConnectionsCannotCrowdOutCountedBytes(plan: KernelPlans.Combination) throws {
+        let tracer = try TCPTracer.start(plan.options(mapCapacity: 64))
+        try #require(tracer.seesStateChanges, "\(tracer.healthGaps)")
+        let before = try tracer.read().unattributed
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0,
+                                  sin_addr: in_addr(s_addr: UInt32(0x7f00_0001).bigEndian), sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &address) { pointer in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                try #require(bind(listener, $0, length) == 0 && listen(listener, 512) == 0 && getsockname(listener, $0, &length) == 0)
+            }
+        }
+        var idle: [Int32] = []
+        defer { idle.forEach { close($0) } }
+        for _ in 0..<200 {
+            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, length) }
+            }
+            try #require(connected == 0, "connect: errno \(errno)")
+            idle += [client, accept(listener, nil, nil)]
+        }
+        let exchange = try TrafficPeers.exchange(family: "4", clientName: "tt-lc-cap-c", serverName: "tt-lc-cap-s",
+                                                 clientSends: 5000, serverSends: 700)
+        let reading = try tracer.read()
+        let ends = reading.connections.filter { $0.id.pid == exchange.clientPID || $0.id.pid == exchange.serverPID }
+        #expect(ends.map(\.sentBytes).sorted() == [700, 5000], "\(plan): \(ends.map { ($0.labels.commText, $0.sentBytes) })")
+        #expect(reading.unattributed.sentBytes == before.sentBytes, "\(plan): \(reading.unattributed.sentBytes - before.sentBytes) bytes unattributed")
+    }
+
     @Test(arguments: KernelPlans.allowed)
     func connectTimeIsARoundTripAndLifetimeIsTheHold(plan: KernelPlans.Combination) throws {
         let tracer = try TCPTracer.start(plan.options())
