@@ -547,8 +547,13 @@ for id in $(comm -13 "$logs/programs-before.txt" "$logs/programs-after.txt"); do
     [ "$held_outside" = no ] && strays="$strays $id"
 done
 stop_state="$(show ActiveState)/$(show Result)"
-if [ "$(wc -w <<<"$programs")" -eq 4 ] && [ "$gone" = yes ] && [ -z "$strays" ] && [ "$stop_state" = inactive/success ]; then
-    ok "systemctl stop: clean exit ($stop_state), its 4 BPF programs ($programs) and the killed daemon's ($killed_programs) are gone, none left by the container"
+# The plan's programs (8 here: send, recv, close, iterator, retransmit, state
+# change, two resets; fewer on a kernel refusing the iterator): as many as the
+# killed daemon of the same unit held, and at least send, recv and close.
+count=$(wc -w <<<"$programs")
+if [ "$count" -ge 3 ] && [ "$count" -eq "$(wc -w <<<"$killed_programs")" ] && [ "$gone" = yes ] && [ -z "$strays" ] \
+    && [ "$stop_state" = inactive/success ]; then
+    ok "systemctl stop: clean exit ($stop_state), its $count BPF programs ($programs) and the killed daemon's ($killed_programs) are gone, none left by the container"
 else
     not_ok "systemctl stop leaves no BPF programs" "state=$stop_state programs=($programs) killed=($killed_programs) still loaded:$left strays:$strays"
 fi
