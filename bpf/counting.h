@@ -198,12 +198,6 @@ static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_
 	bpf_get_current_comm(&value->comm, sizeof(value->comm));
 }
 
-/* Pending owners: a retransmit can come before the first send returns (a
- * large first send blocks while its segments are lost and sent again), or
- * on a socket no process moved bytes on yet. The retransmit hook then makes
- * the socket's owner entry with tgid 0 (pending: user space skips it, and
- * at close its retransmits count as unattributed); the first process that
- * moves bytes on it becomes its owner here. */
 /* Owner entries tracked now, on every read path (the storage path's bound
  * on sockets). Entries made before any byte moved (a connect's, a server's
  * handshake's, a retransmit's pending owner) may take only half of the
@@ -225,6 +219,12 @@ static __always_inline bool early_entry_allowed(__u32 tgid)
 	return tracked_entries < settings.socket_capacity / 2;
 }
 
+/* Pending owners: a retransmit can come before the first send returns (a
+ * large first send blocks while its segments are lost and sent again), or
+ * on a socket no process moved bytes on yet. The retransmit hook then makes
+ * the socket's owner entry with tgid 0 (pending: user space skips it, and
+ * at close its retransmits count as unattributed); the first process that
+ * moves bytes on it becomes its owner here. */
 static __always_inline void claim(struct tcptop_conn_value *value, __u32 *owner_tgid, __u32 tgid, int ret,
 				  bool is_send)
 {

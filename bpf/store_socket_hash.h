@@ -110,5 +110,4 @@ static __always_inline struct tcptop_conn_value *owner_hash(struct sock *sk, boo
 	return owned && !owned->closed ? &owned->conn : 0;
 }
 
-
 #endif

@@ -95,7 +95,6 @@ static __always_inline struct tcptop_conn_value *owner_storage(struct sock *sk, 
 	return owned ? &owned->conn : 0;
 }
 
-
 /* One record per live socket; user space runs it at every read. Each
  * counter is copied with one 8-byte load, so a read never sees a
  * half-updated value; what was handed over is noted for close_storage().

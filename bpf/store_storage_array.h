@@ -153,5 +153,4 @@ static __always_inline struct tcptop_conn_value *owner_array(struct sock *sk, bo
 	return slot ? &slot->conn : 0;
 }
 
-
 #endif
