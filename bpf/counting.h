@@ -174,8 +174,16 @@ static __always_inline bool filtered_out(__u64 pid_tgid)
 	return settings.filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1;
 }
 
-/* Addresses, ports and the calling thread's comm, read once per connection
- * end. BPF_CORE_READ, so that hooks whose arguments are not typed pointers
+/* The calling task's comm, cgroup and uid: who moves the bytes. */
+static __always_inline void read_owner(struct tcptop_conn_value *value)
+{
+	bpf_get_current_comm(&value->comm, sizeof(value->comm));
+	value->cgroup_id = bpf_get_current_cgroup_id();
+	value->uid = (__u32)bpf_get_current_uid_gid();
+}
+
+/* Addresses, ports and the calling task's comm, cgroup and uid, read once
+ * per connection end. BPF_CORE_READ, so that hooks whose arguments are not typed pointers
  * (raw_tp, kprobe) can share it. */
 static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_value *value)
 {
@@ -195,7 +203,7 @@ static __always_inline void read_connection(struct sock *sk, struct tcptop_conn_
 	value->family = family;
 	value->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	value->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	bpf_get_current_comm(&value->comm, sizeof(value->comm));
+	read_owner(value);
 }
 
 /* Owner entries tracked now, on every read path (the storage path's bound
@@ -229,7 +237,7 @@ static __always_inline void claim(struct tcptop_conn_value *value, __u32 *owner_
 				  bool is_send)
 {
 	*owner_tgid = tgid;
-	bpf_get_current_comm(&value->comm, sizeof(value->comm));
+	read_owner(value);
 	add_bytes(value, ret, is_send);
 }
 

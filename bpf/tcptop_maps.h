@@ -52,6 +52,13 @@ struct tcptop_conn_value {
 	 * readers skip the end until then, so its labels are final. */
 	__u8 connecting;
 	__u8 pad3;
+	/* Who, read with comm (when the end is first seen, or its pending
+	 * owner claimed): the task's cgroup v2 id (the kernfs inode of its
+	 * cgroup directory, resolved to a path by user space) and its uid in
+	 * the initial user namespace. */
+	__u64 cgroup_id;
+	__u32 uid;
+	__u32 pad4;
 };
 
 enum tcptop_role {
@@ -162,10 +169,10 @@ enum tcptop_slot_state {
 };
 
 _Static_assert(sizeof(struct tcptop_settings) == 32, "settings layout");
-_Static_assert(sizeof(struct tcptop_sock_value) == 168, "socket value layout");
-_Static_assert(sizeof(struct tcptop_conn_record) == 144, "record layout");
+_Static_assert(sizeof(struct tcptop_sock_value) == 184, "socket value layout");
+_Static_assert(sizeof(struct tcptop_conn_record) == 160, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");
-_Static_assert(sizeof(struct tcptop_conn_value) == 128, "conn value layout");
-_Static_assert(sizeof(struct tcptop_slot) == 144, "slot layout");
+_Static_assert(sizeof(struct tcptop_conn_value) == 144, "conn value layout");
+_Static_assert(sizeof(struct tcptop_slot) == 160, "slot layout");
 
 #endif

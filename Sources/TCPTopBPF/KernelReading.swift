@@ -209,7 +209,8 @@ extension TCPTracer {
         return ConnectionLabels(
             pid: pid, comm: comm, family: family,
             localAddress: addressText(family: family, bytes: local), localPort: value.lport,
-            remoteAddress: addressText(family: family, bytes: remote), remotePort: value.rport)
+            remoteAddress: addressText(family: family, bytes: remote), remotePort: value.rport,
+            cgroupID: value.cgroup_id, uid: value.uid)
     }
 
     /// Reads a whole hash map with BPF_MAP_LOOKUP_BATCH: a few syscalls for

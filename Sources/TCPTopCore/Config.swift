@@ -8,6 +8,8 @@ public struct ExporterConfig: Equatable, Sendable {
     public var connections = ConnectionsConfig()
     /// The shipped view: every label, at most `ViewConfig.shippedMaxSeries` series.
     public var views: [ViewConfig] = [ViewConfig(maxSeries: ViewConfig.shippedMaxSeries)]
+    /// Named address prefixes, for views' `remote_network` label.
+    public var networks: [NamedNetwork] = []
     public var log = LogConfig()
 
     public init() {}
@@ -113,9 +115,19 @@ public struct ConnectionsConfig: Equatable, Sendable {
     public init() {}
 }
 
-/// The labels a connection end has, in the order views write them.
+/// The labels a connection end has, in the order views write them: the
+/// kernel's (pid to rport), then the ones made from what it captured with
+/// them: the process's systemd unit, cgroup v2 path and container (from its
+/// cgroup id), its uid and user name, the end's role (client: connected,
+/// server: accepted, unknown: opened before the tracer), and the named
+/// network of its remote address.
 public enum ConnectionLabel: String, CaseIterable, Sendable {
     case pid, comm, family, laddr, lport, raddr, rport
+    case unit, cgroup, container, uid, user, role
+    case remoteNetwork = "remote_network"
+
+    /// A view's labels when it lists none: one series per connection end.
+    public static let perConnection: [ConnectionLabel] = [.pid, .comm, .family, .laddr, .lport, .raddr, .rport]
 }
 
 /// One set of metric families: connection ends whose kept labels are equal
@@ -128,7 +140,7 @@ public struct ViewConfig: Equatable, Sendable {
     /// `_connections_closed_total`, `_resets_total`) and the histograms configured.
     public var prefix = "tcptop"
     /// Kept labels, in `ConnectionLabel.allCases` order.
-    public var labels = ConnectionLabel.allCases
+    public var labels = ConnectionLabel.perConnection
     /// At most this many series (0 = no limit); further label sets share one overflow series.
     public var maxSeries = 0
     /// Upper bounds in seconds of the histograms the view renders; nil: the
@@ -140,6 +152,10 @@ public struct ViewConfig: Equatable, Sendable {
     public var connectionDurationBuckets: [Double]?
     /// `<prefix>_connection_rtt_seconds`: an end's last smoothed RTT, at its close.
     public var rttBuckets: [Double]?
+    /// The client side's port reads "ephemeral": a client end's lport, a
+    /// server end's rport (an end of unknown role keeps both), so that a
+    /// view by role and port has a series per service, not per connection.
+    public var ephemeralClientPort = false
     /// The shipped per-connection view's bound: a scrape of 100k series took
     /// 36 ms and 95 MiB peak RSS here (README, "Performance").
     public static let shippedMaxSeries = 100_000
@@ -148,10 +164,11 @@ public struct ViewConfig: Equatable, Sendable {
     public static let maxBuckets = 30
     public static let bucketRange = 0.000001...1e9
 
-    public init(prefix: String = "tcptop", labels: [ConnectionLabel] = ConnectionLabel.allCases, maxSeries: Int = 0,
+    public init(prefix: String = "tcptop", labels: [ConnectionLabel] = ConnectionLabel.perConnection, maxSeries: Int = 0,
                 connectDurationBuckets: [Double]? = nil, connectionDurationBuckets: [Double]? = nil,
-                rttBuckets: [Double]? = nil) {
+                rttBuckets: [Double]? = nil, ephemeralClientPort: Bool = false) {
         self.prefix = prefix
+        self.ephemeralClientPort = ephemeralClientPort
         self.labels = labels
         self.maxSeries = maxSeries
         self.connectDurationBuckets = connectDurationBuckets

@@ -19,11 +19,12 @@ extension ExporterConfig {
     public static func parse(yaml: String) throws -> ExporterConfig {
         var config = ExporterConfig()
         guard let root = try composeBounded(yaml) else { return config }
-        let top = try fields(of: root, at: "", known: ["web", "bpf", "connections", "views", "log"])
+        let top = try fields(of: root, at: "", known: ["web", "bpf", "connections", "views", "networks", "log"])
         if let web = top["web"] { config.web = try parseWeb(web) }
         if let bpf = top["bpf"] { config.bpf = try parseBPF(bpf) }
         if let connections = top["connections"] { config.connections = try parseConnections(connections) }
         if let views = top["views"] { config.views = try parseViews(views) }
+        if let networks = top["networks"] { config.networks = try parseNetworks(networks) }
         if let log = top["log"] { config.log = try parseLog(log) }
         return config
     }
@@ -175,7 +176,8 @@ private func parseView(_ item: Field) throws -> ViewConfig {
     var view = ViewConfig()
     let keys = try fields(
         of: item.node, at: item.key,
-        known: ["prefix", "labels", "max_series", "connect_duration_buckets", "connection_duration_buckets", "rtt_buckets"])
+        known: ["prefix", "labels", "max_series", "connect_duration_buckets", "connection_duration_buckets", "rtt_buckets",
+                "ephemeral_client_port"])
     if let field = keys["prefix"] {
         let expected = "a metric name prefix matching [a-zA-Z_:][a-zA-Z0-9_:]*"
         let prefix = try scalar(field, expected: expected)
@@ -197,7 +199,41 @@ private func parseView(_ item: Field) throws -> ViewConfig {
     if let field = keys["connect_duration_buckets"] { view.connectDurationBuckets = try buckets(field) }
     if let field = keys["connection_duration_buckets"] { view.connectionDurationBuckets = try buckets(field) }
     if let field = keys["rtt_buckets"] { view.rttBuckets = try buckets(field) }
+    if let field = keys["ephemeral_client_port"] { view.ephemeralClientPort = try boolean(field) }
     return view
+}
+
+/// `networks: {NAME: [PREFIX, ...], ...}`: a prefix may be in one network only.
+private func parseNetworks(_ section: Field) throws -> [NamedNetwork] {
+    if isNull(section.node) { return [] }
+    guard let mapping = section.node.mapping else {
+        throw section.error("must be a mapping of network names to lists of address prefixes, got \(describe(section.node))")
+    }
+    var networks: [NamedNetwork] = []
+    var owner: [IPPrefix: String] = [:]
+    for (keyNode, valueNode) in mapping {
+        guard let name = keyNode.scalar?.string, !name.isEmpty else {
+            throw section.error("network names must be non-empty strings, got \(describe(keyNode))")
+        }
+        let field = Field(node: valueNode, key: section.key + "." + name)
+        guard networks.allSatisfy({ $0.name != name }) else { throw field.error("is listed twice") }
+        let items = try list(field, expected: "a list of address prefixes like [10.0.0.0/8, fc00::/7]")
+        guard !items.isEmpty else { throw field.error("must list at least one address prefix") }
+        var prefixes: [IPPrefix] = []
+        for item in items {
+            let text = try scalar(item, expected: "an address prefix like 10.0.0.0/8")
+            let prefix: IPPrefix
+            switch IPPrefix.parse(text) {
+            case .success(let parsed): prefix = parsed
+            case .failure(let problem): throw item.error(problem.description)
+            }
+            if let first = owner[prefix] { throw item.error("\(prefix) is already in network \"\(first)\"") }
+            owner[prefix] = name
+            prefixes.append(prefix)
+        }
+        networks.append(NamedNetwork(name: name, prefixes: prefixes))
+    }
+    return networks
 }
 
 /// A histogram's upper bounds: a list of seconds, checked by `ViewConfig.bucketsProblem`.

@@ -20,20 +20,28 @@ public struct ConnectionID: Hashable, Sendable {
 /// (up to 15, NUL removed): a process may put any byte in its name, and
 /// turning it into valid UTF-8 text is the writer's job.
 ///
-/// Fields are ordered by size (references first) so a value takes 56 bytes,
-/// not 72: a read of a million connections holds a million of them.
+/// Fields are ordered by size (references first) so a value takes 64 bytes,
+/// not 80: a read of a million connections holds a million of them.
 public struct ConnectionLabels: Hashable, Sendable {
     public var comm: [UInt8]
     public var localAddress: String
     public var remoteAddress: String
+    /// The cgroup v2 id of the process when the kernel first saw the end
+    /// (the inode of its cgroup directory); 0: unknown.
+    public var cgroupID: UInt64
     public var pid: UInt32
+    /// The process's uid (initial user namespace); `unknownUID`: unknown.
+    public var uid: UInt32
     public var localPort: UInt16
     public var remotePort: UInt16
     public var family: AddressFamily
 
+    public static let unknownUID = UInt32.max
+
     public init(
         pid: UInt32, comm: [UInt8], family: AddressFamily,
-        localAddress: String, localPort: UInt16, remoteAddress: String, remotePort: UInt16
+        localAddress: String, localPort: UInt16, remoteAddress: String, remotePort: UInt16,
+        cgroupID: UInt64 = 0, uid: UInt32 = ConnectionLabels.unknownUID
     ) {
         self.pid = pid
         self.comm = comm
@@ -42,15 +50,16 @@ public struct ConnectionLabels: Hashable, Sendable {
         self.localPort = localPort
         self.remoteAddress = remoteAddress
         self.remotePort = remotePort
+        self.cgroupID = cgroupID
+        self.uid = uid
     }
 
     /// The process name as text; bytes that are not UTF-8 become U+FFFD.
     public var commText: String { String(decoding: comm, as: UTF8.self) }
 }
 
-/// One read of one connection end's counters. The RTT before the
-/// retransmits: it fills the labels' tail padding with `closed`, so a sample
-/// is 96 bytes apart in an array, not 104 (a read of a million holds a million).
+/// One read of one connection end's counters: 144 bytes apart in an array
+/// (a read of a million holds a million; the cgroup id and uid added 16).
 public struct ConnectionSample: Sendable, Equatable {
     public var id: ConnectionID
     public var sentBytes: UInt64

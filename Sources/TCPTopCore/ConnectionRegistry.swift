@@ -35,10 +35,23 @@ public final class ConnectionRegistry {
     /// Some entry's role or establishment is in its bits (a snapshot sums them); stays set.
     private(set) var openEndsWithFacts = false
 
+    /// Resolve the labels made from cgroup ids, uids and remote addresses,
+    /// when some view keeps one.
+    private let attributed: Bool
+    private let names: AttributionNames?
+    private let networkNames: RemoteNetworkNames
+
     /// `health`: the families the kernel side can fill; one it has no hook
-    /// for is left out of the text (absent, not zeros).
-    public init(views: [ViewConfig] = [ViewConfig()], closedRetention: Double, health: HealthFamilies = .all) {
+    /// for is left out of the text (absent, not zeros). `networks`: for the
+    /// `remote_network` label. `names`: where cgroup ids are looked up (the
+    /// host's cgroup v2 tree by default).
+    public init(views: [ViewConfig] = [ViewConfig()], closedRetention: Double, health: HealthFamilies = .all,
+                networks: [NamedNetwork] = [], names: AttributionNames? = nil) {
         self.views = views.map { SeriesView(config: $0, health: health) }
+        attributed = views.contains { EndAttribution.isNeeded(by: $0.labels) }
+        let needsCgroups = views.contains { !Set($0.labels).isDisjoint(with: [.unit, .cgroup, .container]) }
+        self.names = names ?? (attributed ? AttributionNames(cgroupMount: needsCgroups ? AttributionNames.findCgroup2Mount() : nil) : nil)
+        networkNames = RemoteNetworkNames(networks)
         self.closedRetention = closedRetention
         self.health = health
         countsLifecycle = health.contains(.lifecycle)
@@ -47,7 +60,15 @@ public final class ConnectionRegistry {
     }
 
     public convenience init(config: ExporterConfig, health: HealthFamilies = .all) {
-        self.init(views: config.views, closedRetention: config.connections.closedRetention.inSeconds, health: health)
+        self.init(views: config.views, closedRetention: config.connections.closedRetention.inSeconds, health: health,
+                  networks: config.networks)
+    }
+
+    private func attribution(of sample: ConnectionSample) -> EndAttribution {
+        EndAttribution(
+            cgroup: names?.cgroup(id: sample.labels.cgroupID, pid: sample.labels.pid) ?? CgroupAttribution(path: ""),
+            user: names?.userName(uid: sample.labels.uid) ?? "",
+            remoteNetwork: networkNames.name(of: sample.labels.remoteAddress))
     }
 
     /// Takes one full read of the kernel map: every connection end it holds.
@@ -60,6 +81,7 @@ public final class ConnectionRegistry {
     public func update(with samples: [ConnectionSample], now: Double) {
         readCount &+= 1
         if readCount == RegistryEntry.closedMark { readCount = 1 }
+        names?.beginRead()
         // One resize of each array up front on a first big read, not a doubling chain.
         index.reserve(samples.count, entries: entries)
         if samples.count > entries.capacity { entries.reserveCapacity(samples.count) }
@@ -114,7 +136,8 @@ public final class ConnectionRegistry {
     private func insert(_ batch: ArraySlice<ConnectionSample>, now: Double) {
         var touched: Int32 = 0
         for sample in batch { touched &+= index.touch(sample.id) }
-        for view in views.indices { touched &+= views[view].prepare(batch.lazy.map(\.labels)) }
+        let attributions = attributed ? batch.map(attribution(of:)) : []
+        for view in views.indices { touched &+= views[view].prepare(batch, attributions: attributions) }
         touchSink = touched
         for (offset, sample) in batch.enumerated() {
             highestCookie = max(highestCookie, sample.id.cookie)

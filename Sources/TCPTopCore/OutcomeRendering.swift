@@ -3,8 +3,9 @@
 /// happened (a role, reason or direction no end had has no sample).
 struct OutcomesSnapshot: Sendable {
     enum RenderedFamily: Sendable {
-        /// Cells of the series' outcome record, each with its extra label (`role="client"`) or none.
-        case counts(FamilyText, [(cell: Int, extra: [UInt8]?)])
+        /// Samples of the series: each the sum of cells of its outcome record,
+        /// with its extra label (`role="client"`) or none.
+        case counts(FamilyText, [(cells: [Int], extra: [UInt8]?)])
         case failures(FamilyText)
         case histogram(SlotHistogram, overflow: [UInt64]?)
     }
@@ -18,6 +19,13 @@ struct OutcomesSnapshot: Sendable {
     /// Failed connects in render order: own series by slot, the overflow series' last (`slot` is its slot).
     let failures: [(slot: Int, reason: Int, count: UInt64)]
     let reasonTexts: [[UInt8]]
+
+    /// An own series' sum of `cells`, or the overflow series' (from its summed `record`).
+    func value(slot: Int, cells: [Int], record: [UInt64]?) -> UInt64 {
+        var sum: UInt64 = 0
+        for cell in cells { sum &+= record?[cell] ?? value(slot: slot, cell: cell) }
+        return sum
+    }
 
     /// An own series' count: its record's, plus its open ends' for the live cells.
     func value(slot: Int, cell: Int) -> UInt64 {
@@ -93,19 +101,25 @@ extension SeriesView {
         // Not rendered: what `value` needs of it.
         let values = OutcomesSnapshot(families: [], counts: counts, live: live, overflowCounts: nil, failures: [], reasonTexts: [])
         var families: [OutcomesSnapshot.RenderedFamily] = []
-        func addCounts(_ text: FamilyText, _ cells: [(cell: ViewOutcomes.Cell, extra: [UInt8]?)]) {
+        func addCounts(_ text: FamilyText, _ samples: [(cells: [ViewOutcomes.Cell], extra: [UInt8]?)]) {
             // Slots with a record, or every slot where open ends may have bits.
             let candidates = live.isEmpty ? counts.recordOf.indices : state.indices
-            let any = cells.contains { cell in
-                overflowCounts.map { $0[cell.cell.rawValue] != 0 } == true
-                    || candidates.contains { isOwn($0) && values.value(slot: $0, cell: cell.cell.rawValue) != 0 }
+            let any = samples.flatMap(\.cells).contains { cell in
+                overflowCounts.map { $0[cell.rawValue] != 0 } == true
+                    || candidates.contains { isOwn($0) && values.value(slot: $0, cell: cell.rawValue) != 0 }
             }
-            if any { families.append(.counts(text, cells.map { ($0.cell.rawValue, $0.extra) })) }
+            if any { families.append(.counts(text, samples.map { ($0.cells.map(\.rawValue), $0.extra) })) }
         }
         var failures: [(slot: Int, reason: Int, count: UInt64)] = []
         if counts.recordCount > 0 || !outcomes.failureCounts.isEmpty || !live.isEmpty {
-            addCounts(outcomes.opened, [(.openedClient, roleClient), (.openedServer, roleServer)])
-            addCounts(outcomes.established, [(.established, nil)])
+            // A view that keeps the role label has it already: one sample, both roles' sum
+            // (an own series has one role; the overflow series may have both).
+            if config.labels.contains(.role) {
+                addCounts(outcomes.opened, [([.openedClient, .openedServer], nil)])
+            } else {
+                addCounts(outcomes.opened, [([.openedClient], roleClient), ([.openedServer], roleServer)])
+            }
+            addCounts(outcomes.established, [([.established], nil)])
             var overflowFailures: [Int: UInt64] = [:]
             for (key, value) in outcomes.failureCounts where value != 0 {
                 let slot = Int(key.slot)
@@ -122,8 +136,8 @@ extension SeriesView {
                     .map { (overflow, $0.key, $0.value) }
             }
             if !failures.isEmpty { families.append(.failures(outcomes.failures)) }
-            addCounts(outcomes.closed, [(.closed, nil)])
-            addCounts(outcomes.resets, [(.resetsSent, directionSent), (.resetsReceived, directionReceived)])
+            addCounts(outcomes.closed, [([.closed], nil)])
+            addCounts(outcomes.resets, [([.resetsSent], directionSent), ([.resetsReceived], directionReceived)])
         }
         for histogram in [outcomes.connect, outcomes.lifetime, outcomes.rtt].compactMap({ $0 })
         where histogram.records.recordCount > 0 {
@@ -156,10 +170,10 @@ extension ViewSnapshot {
             switch family {
             case .counts(let text, let cells):
                 return fillSeries(&out, until: limit, cursor: &cursor,
-                                  has: { slot in cells.contains { outcomes.value(slot: slot, cell: $0.cell) != 0 } },
+                                  has: { slot in cells.contains { outcomes.value(slot: slot, cells: $0.cells, record: nil) != 0 } },
                                   overflow: outcomes.overflowCounts) { slot, overflowRecord, out in
-                    for (cell, extra) in cells {
-                        let value = overflowRecord?[cell] ?? outcomes.value(slot: slot, cell: cell)
+                    for (sampleCells, extra) in cells {
+                        let value = outcomes.value(slot: slot, cells: sampleCells, record: overflowRecord)
                         if value != 0 { writeLine(text.name, nil, pieces: pieces, slot: slot, extra: extra, value: value, into: &out) }
                     }
                 }

@@ -83,15 +83,18 @@ struct SeriesView {
     /// about to be appended to the registry's entries) and touches their
     /// index entries, so that their cache misses overlap; then
     /// `addPreparedMember` adds each in turn.
-    mutating func prepare(_ batch: some Collection<ConnectionLabels>) -> Int32 {
+    /// `attributions`: one per member when some view keeps a label made
+    /// from the cgroup, uid or remote address (else empty).
+    mutating func prepare(_ batch: ArraySlice<ConnectionSample>, attributions: [EndAttribution]) -> Int32 {
         var text: [UInt8] = []
         swap(&text, &prepared)  // built in a local: no access check per byte
         text.removeAll(keepingCapacity: true)
         preparedEnds.removeAll(keepingCapacity: true)
         preparedHashes.removeAll(keepingCapacity: true)
-        for labels in batch {
+        for (offset, sample) in batch.enumerated() {
             let start = text.count
-            fillLabelText(for: labels, into: &text)
+            fillLabelText(for: sample.labels, role: sample.lifecycle.role,
+                          attribution: attributions.isEmpty ? nil : attributions[offset], into: &text)
             preparedEnds.append(text.count)
             preparedHashes.append(LabelTextStore.hash(text[start...]))
         }
@@ -252,18 +255,47 @@ struct SeriesView {
 
     /// The member's escaped label values as `LabelLayout` stores them,
     /// appended to `text`: this runs for every new connection end in every view.
-    private func fillLabelText(for labels: ConnectionLabels, into text: inout [UInt8]) {
+    private func fillLabelText(for labels: ConnectionLabels, role: ConnectionLifecycle.Role, attribution: EndAttribution?,
+                               into text: inout [UInt8]) {
+        let ephemeralLocal = config.ephemeralClientPort && role == .client
+        let ephemeralRemote = config.ephemeralClientPort && role == .server
         for label in config.labels {
             switch label {
             case .pid: LabelLayout.appendDecimal(UInt64(labels.pid), to: &text)
             case .comm: LabelLayout.appendValue(escapedLabelValue(labels.comm), to: &text)
             case .family: LabelLayout.appendValue(labels.family == .ipv4 ? ipv4Name : ipv6Name, to: &text)
             case .laddr: LabelLayout.appendText(labels.localAddress, to: &text)
-            case .lport: LabelLayout.appendDecimal(UInt64(labels.localPort), to: &text)
+            case .lport:
+                if ephemeralLocal { LabelLayout.appendValue(ephemeralName, to: &text) }
+                else { LabelLayout.appendDecimal(UInt64(labels.localPort), to: &text) }
             case .raddr: LabelLayout.appendText(labels.remoteAddress, to: &text)
-            case .rport: LabelLayout.appendDecimal(UInt64(labels.remotePort), to: &text)
+            case .rport:
+                if ephemeralRemote { LabelLayout.appendValue(ephemeralName, to: &text) }
+                else { LabelLayout.appendDecimal(UInt64(labels.remotePort), to: &text) }
+            case .role: LabelLayout.appendValue(roleNames[Int(role.rawValue)], to: &text)
+            case .uid:
+                if labels.uid == ConnectionLabels.unknownUID { LabelLayout.appendValue([], to: &text) }
+                else { LabelLayout.appendDecimal(UInt64(labels.uid), to: &text) }
+            case .unit: LabelLayout.appendText(attribution?.cgroup.unit ?? "", to: &text)
+            case .cgroup: LabelLayout.appendText(attribution?.cgroup.path ?? "", to: &text)
+            case .container: LabelLayout.appendText(attribution?.cgroup.container ?? "", to: &text)
+            case .user: LabelLayout.appendText(attribution?.user ?? "", to: &text)
+            case .remoteNetwork: LabelLayout.appendText(attribution?.remoteNetwork ?? "", to: &text)
             }
         }
+    }
+}
+
+/// The labels of a new end that are made from what the kernel captured
+/// (its cgroup id, uid and remote address), resolved once for every view.
+struct EndAttribution {
+    var cgroup: CgroupAttribution
+    var user: String
+    var remoteNetwork: String
+
+    /// Whether a view keeping `labels` needs them.
+    static func isNeeded(by labels: [ConnectionLabel]) -> Bool {
+        labels.contains { [.unit, .cgroup, .container, .user, .remoteNetwork].contains($0) }
     }
 }
 
@@ -384,6 +416,9 @@ struct LabelLayout: Sendable {
 }
 
 private let ipv4Name = Array(AddressFamily.ipv4.rawValue.utf8)
+private let ephemeralName = Array("ephemeral".utf8)
+/// By `ConnectionLifecycle.Role` raw value.
+private let roleNames = [Array("unknown".utf8), Array("client".utf8), Array("server".utf8)]
 private let ipv6Name = Array(AddressFamily.ipv6.rawValue.utf8)
 
 /// A family's name and its `# HELP` and `# TYPE` lines, as bytes.

@@ -222,7 +222,7 @@ private func optionalList(_ field: Field?, expected: String) throws -> [Field] {
     return try list(field, expected: expected)
 }
 
-private func boolean(_ field: Field) throws -> Bool {
+func boolean(_ field: Field) throws -> Bool {
     guard !isNull(field.node), let scalar = field.node.scalar, let value = Bool.construct(from: scalar) else {
         throw field.error("must be true or false, got \(describe(field.node))")
     }

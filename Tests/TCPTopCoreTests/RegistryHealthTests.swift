@@ -188,8 +188,8 @@ import TCPTopCore
 
     /// A read of a million ends holds a million samples: the RTT and retransmits
     /// cost 8 bytes (they share the labels' tail padding), the lifecycle 32.
-    @Test func aSampleIs128BytesApart() {
-        #expect(MemoryLayout<ConnectionSample>.stride == 128)
+    @Test func aSampleIs144BytesApart() {
+        #expect(MemoryLayout<ConnectionSample>.stride == 144)
         #expect(MemoryLayout<ConnectionLifecycle>.stride == 32)
     }
 
