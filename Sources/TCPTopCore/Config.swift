@@ -6,10 +6,11 @@ public struct ExporterConfig: Equatable, Sendable {
     public var web = WebConfig()
     public var bpf = BPFConfig()
     public var connections = ConnectionsConfig()
-    /// The shipped view: every label, at most `ViewConfig.shippedMaxSeries` series.
-    public var views: [ViewConfig] = [ViewConfig(maxSeries: ViewConfig.shippedMaxSeries)]
+    /// The shipped views: per connection end, at most `ViewConfig.shippedMaxSeries`
+    /// series; and per unit, role, remote network and server port.
+    public var views: [ViewConfig] = [ViewConfig(maxSeries: ViewConfig.shippedMaxSeries), ViewConfig.shippedByUnit]
     /// Named address prefixes, for views' `remote_network` label.
-    public var networks: [NamedNetwork] = []
+    public var networks: [NamedNetwork] = NamedNetwork.shipped
     public var log = LogConfig()
 
     public init() {}
@@ -156,6 +157,10 @@ public struct ViewConfig: Equatable, Sendable {
     /// server end's rport (an end of unknown role keeps both), so that a
     /// view by role and port has a series per service, not per connection.
     public var ephemeralClientPort = false
+    /// The shipped aggregate view: a series per unit, role, remote network
+    /// and server port (the client side's port reads "ephemeral").
+    public static let shippedByUnit = ViewConfig(
+        prefix: "tcptop_unit", labels: [.lport, .rport, .unit, .role, .remoteNetwork], maxSeries: 5000, ephemeralClientPort: true)
     /// The shipped per-connection view's bound: a scrape of 100k series took
     /// 36 ms and 95 MiB peak RSS here (README, "Performance").
     public static let shippedMaxSeries = 100_000

@@ -67,6 +67,15 @@ public struct NamedNetwork: Equatable, Sendable {
         self.name = name
         self.prefixes = prefixes
     }
+
+    /// The networks of the shipped config: loopback, link-local, private
+    /// (RFC 1918, shared address space, unique local), and the rest.
+    public static let shipped: [NamedNetwork] = [
+        ("loopback", ["127.0.0.0/8", "::1/128"]),
+        ("link_local", ["169.254.0.0/16", "fe80::/10"]),
+        ("private", ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]),
+        ("internet", ["0.0.0.0/0", "::/0"]),
+    ].map { name, prefixes in NamedNetwork(name: name, prefixes: prefixes.map { try! IPPrefix.parse($0).get() }) }
 }
 
 /// The `remote_network` of a remote address: the name of the network with

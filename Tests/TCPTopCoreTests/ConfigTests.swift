@@ -14,7 +14,15 @@ import Testing
         #expect(config.bpf.mapCapacity == 65536)
         #expect(config.connections.closedRetention == .seconds(300))
         #expect(config.connections.pollInterval == .seconds(1))
-        #expect(config.views == [ViewConfig(prefix: "tcptop", labels: [.pid, .comm, .family, .laddr, .lport, .raddr, .rport], maxSeries: 100_000)])
+        #expect(config.views == [
+            ViewConfig(prefix: "tcptop", labels: [.pid, .comm, .family, .laddr, .lport, .raddr, .rport], maxSeries: 100_000),
+            ViewConfig(prefix: "tcptop_unit", labels: [.lport, .rport, .unit, .role, .remoteNetwork], maxSeries: 5000, ephemeralClientPort: true),
+        ])
+        #expect(config.networks.map { "\($0.name): \($0.prefixes.map(\.description))" } == [
+            #"loopback: ["127.0.0.0/8", "::1/128"]"#, #"link_local: ["169.254.0.0/16", "fe80::/10"]"#,
+            #"private: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]"#,
+            #"internet: ["0.0.0.0/0", "::/0"]"#,
+        ])
         #expect(config.log.level == .info)
         #expect(config.log.format == .logfmt)
         #expect(try ExporterConfig.load(path: nil) == config)
@@ -32,7 +40,7 @@ import Testing
         for key in ["web", "listen_addresses", "telemetry_path", "max_requests", "max_connections", "read_timeout", "write_timeout",
                     "idle_timeout", "config_file", "bpf", "map_capacity", "attach_mode", "read_path", "connections", "closed_retention", "poll_interval",
                     "views", "prefix", "labels", "max_series", "connect_duration_buckets", "connection_duration_buckets",
-                    "rtt_buckets", "log", "level", "format"] {
+                    "rtt_buckets", "ephemeral_client_port", "networks", "log", "level", "format"] {
             #expect(text.contains("\(key):"), "the shipped file does not document \(key)")
         }
     }
