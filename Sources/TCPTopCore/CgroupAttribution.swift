@@ -103,7 +103,7 @@ public final class AttributionNames {
         if let known = cgroups[id] { return known }
         if missing.contains(id) { return CgroupAttribution(path: "") }
         // The process's own cgroup first: one small read, and right unless it moved since.
-        if let path = Self.cgroupPath(ofProcess: pid), Self.inode(of: mount + path) == id {
+        if let path = Self.cgroupPath(ofProcess: pid), Self.inode(of: path == "/" ? mount : mount + path) == id {
             return remember(id, path: path)
         }
         if !walkedThisRead {
@@ -164,6 +164,13 @@ public final class AttributionNames {
         var info = stat()
         guard stat(path, &info) == 0 else { return nil }
         return UInt64(info.st_ino)
+    }
+
+    /// The cgroup v2 id of process `pid`'s cgroup now (what the kernel side
+    /// captures for it); nil without a cgroup2 mount or such a process.
+    public static func cgroupID(ofProcess pid: UInt32, mount: String? = findCgroup2Mount()) -> UInt64? {
+        guard let mount, let path = cgroupPath(ofProcess: pid) else { return nil }
+        return inode(of: path == "/" ? mount : mount + path)
     }
 
     /// The "0::PATH" line of /proc/PID/cgroup: the process's cgroup v2 path.

@@ -102,6 +102,9 @@ struct TracerTests {
         #expect(try tracer.read().connections.filter { $0.labels.commText.hasPrefix("tt-pid") }.isEmpty)
     }
 
+    /// The peers run in this process's cgroup, as its children.
+    private let ownCgroupID = AttributionNames.cgroupID(ofProcess: UInt32(getpid()))
+
     /// Checks the client's and the server's connection ends; returns how many were checked.
     private func assertExchange(_ exchange: TrafficPeers.Exchange, in samples: [ConnectionSample]) throws -> Int {
         let family: AddressFamily = exchange.family == "4" ? .ipv4 : .ipv6
@@ -111,11 +114,13 @@ struct TracerTests {
         let expectedClient = ConnectionLabels(
             pid: exchange.clientPID, comm: Array(exchange.clientName.utf8), family: family,
             localAddress: exchange.loopback, localPort: exchange.clientPort,
-            remoteAddress: exchange.loopback, remotePort: exchange.serverPort)
+            remoteAddress: exchange.loopback, remotePort: exchange.serverPort,
+            cgroupID: try #require(ownCgroupID), uid: getuid())
         let expectedServer = ConnectionLabels(
             pid: exchange.serverPID, comm: Array(exchange.serverName.utf8), family: family,
             localAddress: exchange.loopback, localPort: exchange.serverPort,
-            remoteAddress: exchange.loopback, remotePort: exchange.clientPort)
+            remoteAddress: exchange.loopback, remotePort: exchange.clientPort,
+            cgroupID: try #require(ownCgroupID), uid: getuid())
         #expect(client[0].labels == expectedClient)
         #expect(server[0].labels == expectedServer)
         #expect(client[0].sentBytes == exchange.clientSent && client[0].receivedBytes == exchange.serverSent)
