@@ -19,14 +19,18 @@ enum TrafficPeers {
 
     /// One client–server exchange, run to completion (both processes exited).
     /// Every step is bounded (see LinePeer); a failure ends both peers.
+    /// Launchers and script: as LinePeer's.
     static func exchange(family: String, clientName: String, serverName: String,
-                         clientSends: UInt64, serverSends: UInt64, peek: Bool = false, seed: Int = 1) throws -> Exchange {
+                         clientSends: UInt64, serverSends: UInt64, peek: Bool = false, seed: Int = 1,
+                         clientLauncher: [String] = [], serverLauncher: [String] = [],
+                         script: String = TrafficPeers.script) throws -> Exchange {
         let server = try LinePeer(["serve", "--family", family, "--name", serverName,
                                    "--receive", "\(clientSends)", "--send", "\(serverSends)", "--seed", "\(seed)"]
-                                  + (peek ? ["--peek"] : []))
+                                  + (peek ? ["--peek"] : []), launcher: serverLauncher, script: script)
         let (serverPID, serverPort) = try server.readReady()
         let client = try LinePeer(["connect", "--family", family, "--name", clientName, "--port", "\(serverPort)",
-                                   "--send", "\(clientSends)", "--receive", "\(serverSends)", "--seed", "\(seed + 1)"])
+                                   "--send", "\(clientSends)", "--receive", "\(serverSends)", "--seed", "\(seed + 1)"],
+                                  launcher: clientLauncher, script: script)
         let (clientPID, clientPort) = try client.readReady()
         try client.waitDone()
         try server.waitDone()
@@ -145,11 +149,15 @@ final class LinePeer {
     private let name: String
 
     /// With `netns`, the peer runs in that network namespace (`ip netns exec`
-    /// execs it: the pid is the peer's own).
-    init(_ arguments: [String], hold: Bool = false, netns: String? = nil) throws {
+    /// execs it: the pid is the peer's own). `launcher`: a command that
+    /// execs the rest (python3 and its arguments), e.g. one that joins a
+    /// cgroup or changes user first; `script`: a copy of traffic_peer.py
+    /// (one another user can read).
+    init(_ arguments: [String], hold: Bool = false, netns: String? = nil, launcher: [String] = [],
+         script: String = TrafficPeers.script) throws {
         let nameIndex = arguments.firstIndex(of: "--name").map { $0 + 1 }
         name = "traffic peer \(arguments.first ?? "") \(nameIndex.flatMap { arguments.indices.contains($0) ? arguments[$0] : nil } ?? "")"
-        let command = ["/usr/bin/python3", TrafficPeers.script] + arguments + (hold ? ["--hold"] : [])
+        let command = launcher + ["/usr/bin/python3", script] + arguments + (hold ? ["--hold"] : [])
         if let netns {
             process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
             process.arguments = ["netns", "exec", netns] + command

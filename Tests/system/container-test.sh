@@ -42,6 +42,7 @@ if [ -z "${_TCPTOP_SYSTEM_TEST_TIMED:-}" ]; then
 fi
 
 . "$here/lib.sh"
+. "$here/attribution-check.sh"
 
 suite=bookworm
 rootfs_packages=(systemd systemd-sysv dbus libbpf1 libelf1 libsystemd0 zlib1g libssl3 libstdc++6
@@ -518,6 +519,10 @@ rm -f "$etc/systemd/system/$unit.d/tls.conf"
 sed -i 's|^  config_file: /etc/tcptop-exporter/web-config.yml$|  config_file: ""|' "$etc/tcptop-exporter/tcptop-exporter.yml"
 inside systemctl daemon-reload
 inside systemctl restart "$unit"
+
+# --- attribution: a transient unit's bytes carry its unit -------------------
+
+check_unit_attribution
 
 # --- stop: no BPF programs left -----------------------------------------------
 

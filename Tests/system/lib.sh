@@ -132,19 +132,33 @@ ensure_rootfs() {
 
 NSPAWN_PID=""
 CONTAINER_PID=""
+CONTAINER_CGROUPS=()
 
 # boot_container ROOTFS MACHINE STAGE LOGFILE: boots ROOTFS with systemd as
 # PID 1 (writes go to a tmpfs overlay, the cached tree stays clean), with its
 # own network namespace, STAGE bound read-only at /opt/tcptop-stage. Fails
 # when its manager does not answer within 60 s.
 boot_container() {
-    local rootfs=$1 machine=$2 stage=$3 log=$4
+    local rootfs=$1 machine=$2 stage=$3 log=$4 mount
+    # With --keep-unit nspawn puts the container in payload/ under its own
+    # cgroup: nspawn starts in one of its own per machine, in the cgroup v2
+    # and name=systemd hierarchies, or two containers at once (another run)
+    # would share their units' cgroups, and one's systemd stop the other's services.
+    CONTAINER_CGROUPS=()
+    for mount in $(awk '{ for (i = 7; i < NF; i++) if ($i == "-") break
+            if ($(i + 1) == "cgroup2" || ($(i + 1) == "cgroup" && $(i + 3) ~ /(^|,)name=systemd(,|$)/)) print $5 }' \
+            /proc/self/mountinfo); do
+        mkdir -p "$mount/tcptop-nspawn-$machine" && CONTAINER_CGROUPS+=("$mount/tcptop-nspawn-$machine")
+    done
     # --register=no --keep-unit: there is no systemd/machined on the host.
     # --system-call-filter: without it bpf() and perf_event_open() are EPERM.
-    systemd-nspawn -b -D "$rootfs" --machine="$machine" --register=no --keep-unit \
-        --volatile=overlay --capability=all --system-call-filter='bpf perf_event_open' \
-        --private-network --console=read-only \
-        --bind-ro="$stage:/opt/tcptop-stage" </dev/null >"$log" 2>&1 &
+    (
+        for mount in "${CONTAINER_CGROUPS[@]}"; do echo "$BASHPID" >"$mount/cgroup.procs"; done
+        exec systemd-nspawn -b -D "$rootfs" --machine="$machine" --register=no --keep-unit \
+            --volatile=overlay --capability=all --system-call-filter='bpf perf_event_open' \
+            --private-network --console=read-only \
+            --bind-ro="$stage:/opt/tcptop-stage" </dev/null >"$log" 2>&1
+    ) &
     NSPAWN_PID=$!
     local child deadline=$((SECONDS + 60))
     while [ "$SECONDS" -lt "$deadline" ]; do
@@ -179,6 +193,12 @@ stop_container() {
     kill -KILL "$NSPAWN_PID" 2>/dev/null
     wait "$NSPAWN_PID" 2>/dev/null
     NSPAWN_PID=""
+    # The container's cgroups, deepest first (empty once nspawn is gone).
+    local cgroup
+    for cgroup in "${CONTAINER_CGROUPS[@]}"; do
+        find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null
+    done
+    CONTAINER_CGROUPS=()
 }
 
 # inside CMD...: runs CMD in the container as a transient unit of its
