@@ -174,12 +174,48 @@ static __always_inline bool filtered_out(__u64 pid_tgid)
 	return settings.filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1;
 }
 
+/* The directory name of each cgroup an end was first seen in, by cgroup
+ * id: user space resolves ids through the cgroup tree, which no longer has
+ * a short-lived unit's cgroup when it looks (a job of 0.3 s); the name
+ * still tells its unit or container. Written once per cgroup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct tcptop_cgroup_name);
+} cgroup_names SEC(".maps");
+
+/* Room for a name off the 512-byte stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tcptop_cgroup_name);
+} cgroup_name_scratch SEC(".maps");
+
+static __always_inline void note_cgroup_name(__u64 id)
+{
+	__u32 zero = 0;
+
+	if (bpf_map_lookup_elem(&cgroup_names, &id))
+		return;
+	struct tcptop_cgroup_name *scratch = bpf_map_lookup_elem(&cgroup_name_scratch, &zero);
+	if (!scratch)
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	const char *name = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, name);
+	if (bpf_probe_read_kernel_str(scratch->name, sizeof(scratch->name), name) < 0)
+		return;
+	bpf_map_update_elem(&cgroup_names, &id, scratch, BPF_NOEXIST);
+}
+
 /* The calling task's comm, cgroup and uid: who moves the bytes. */
 static __always_inline void read_owner(struct tcptop_conn_value *value)
 {
 	bpf_get_current_comm(&value->comm, sizeof(value->comm));
 	value->cgroup_id = bpf_get_current_cgroup_id();
 	value->uid = (__u32)bpf_get_current_uid_gid();
+	note_cgroup_name(value->cgroup_id);
 }
 
 /* Addresses, ports and the calling task's comm, cgroup and uid, read once

@@ -59,7 +59,23 @@ struct tcp_skb_cb {
 /* The context of a socket-local-storage iterator program. */
 struct seq_file;
 struct bpf_map;
-struct task_struct;
+
+/* A task's cgroup v2 directory name: task->cgroups->dfl_cgrp->kn->name. */
+struct kernfs_node {
+	const char *name;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
+struct task_struct {
+	struct css_set *cgroups;
+};
 
 struct bpf_iter_meta {
 	struct seq_file *seq;

@@ -86,6 +86,13 @@ struct tcptop_sock_value {
 	__u64 reported_retransmits;
 };
 
+/* The name of a cgroup v2 directory (its path's last component). Longer
+ * names are cut; a container scope's is 76-86 bytes. */
+#define TCPTOP_CGROUP_NAME_LEN 128
+struct tcptop_cgroup_name {
+	char name[TCPTOP_CGROUP_NAME_LEN];
+};
+
 /* kprobe hooks: what the entry probe leaves for the return probe of the
  * same thread (key: pid_tgid). */
 struct tcptop_call {

@@ -22,6 +22,15 @@ extension TCPTracer {
     /// are read before "closed_conns" (a socket destroyed in between appears
     /// in both, and its final counts win); shared entries are read after the
     /// set of closed cookies (an entry is only deleted once final).
+    /// The directory name the kernel side noted for cgroup `id` when an end
+    /// was first seen in it (the cgroup may be gone since); nil if none.
+    public func cgroupName(id: UInt64) -> String? {
+        var key = id
+        var value = tcptop_cgroup_name()
+        guard bpf_map_lookup_elem(cgroupNamesFD, &key, &value) == 0 else { return nil }
+        return withUnsafeBytes(of: value.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    }
+
     public func read() throws -> KernelReading {
         // Before the maps: a close counted after this is seen by the next poll.
         let closes = try statSum(TCPTOP_STAT_CLOSES)

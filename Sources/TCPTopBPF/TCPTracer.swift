@@ -79,6 +79,8 @@ public final class TCPTracer {
     let closedCookiesFD: Int32
     let closedConnectionsFD: Int32
     let statsFD: Int32
+    /// Names of the cgroups ends were first seen in, by cgroup id.
+    let cgroupNamesFD: Int32
     /// storage_array: the slots, mapped into this process, and the maps
     /// that say which are in use.
     let slots: SlotMapping?
@@ -189,6 +191,7 @@ public final class TCPTracer {
             closedCookiesFD = bpf_map__fd(maps[.closed]!)
             closedConnectionsFD = bpf_map__fd(maps[.closedConns]!)
             statsFD = bpf_map__fd(maps[.stats]!)
+            cgroupNamesFD = bpf_map__fd(maps[.cgroupNames]!)
             freeSlotsFD = bpf_map__fd(maps[.freeSlots]!)
             perCPUCountersFD = bpf_map__fd(maps[.perCpuCounters]!)
             slots = plan.readPath == .storageArray ? try SlotMapping(map: maps[.slots]!) : nil

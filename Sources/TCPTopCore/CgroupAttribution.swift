@@ -90,8 +90,14 @@ public final class AttributionNames {
     /// cgroups than this is walked again as their ids come up).
     static let cacheLimit = 65536
 
-    public init(cgroupMount: String? = AttributionNames.findCgroup2Mount()) {
+    /// Names the kernel side noted for cgroup ids, for those gone from the tree.
+    private let kernelNames: ((UInt64) -> String?)?
+
+    /// `kernelNames`: the directory name of a cgroup by id as the kernel
+    /// side noted it when an end was first seen there (`TCPTracer.cgroupName`).
+    public init(cgroupMount: String? = AttributionNames.findCgroup2Mount(), kernelNames: ((UInt64) -> String?)? = nil) {
         self.cgroupMount = cgroupMount
+        self.kernelNames = kernelNames
     }
 
     /// A new kernel read starts: a cgroup not known yet may walk the tree once more.
@@ -115,7 +121,16 @@ public final class AttributionNames {
             walk(mount, relative: "/")
             if let known = cgroups[id] { return known }
         }
-        if walkedThisRead && cgroups[id] == nil { missing.insert(id) }
+        guard walkedThisRead else { return CgroupAttribution(path: "") }
+        // Gone from the tree (ids are not reused): its path is unknown, but
+        // the name the kernel side noted still tells the unit and container.
+        if let name = kernelNames?(id), !name.isEmpty, !name.contains("/") {
+            var attribution = CgroupAttribution(path: "/" + name)
+            attribution.path = ""
+            cgroups[id] = attribution
+            return attribution
+        }
+        missing.insert(id)
         return CgroupAttribution(path: "")
     }
 

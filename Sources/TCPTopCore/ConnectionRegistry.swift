@@ -59,9 +59,9 @@ public final class ConnectionRegistry {
         observesClosedRTT = health.contains(.rtt) && self.views.contains { $0.hasClosedRTTHistogram }
     }
 
-    public convenience init(config: ExporterConfig, health: HealthFamilies = .all) {
+    public convenience init(config: ExporterConfig, health: HealthFamilies = .all, names: AttributionNames? = nil) {
         self.init(views: config.views, closedRetention: config.connections.closedRetention.inSeconds, health: health,
-                  networks: config.networks)
+                  networks: config.networks, names: names)
     }
 
     private func attribution(of sample: ConnectionSample) -> EndAttribution {

@@ -158,7 +158,10 @@ public final class Daemon: Sendable {
         ])
         // A family the kernel cannot feed is absent, never zeros that look like health.
         for gap in tracer.healthGaps { log.warning("\(gap)") }
-        let collector = MetricsCollector(tracer: tracer, registry: ConnectionRegistry(config: config, health: tracer.healthFamilies), version: tcptopVersion)
+        // A cgroup gone before the first read after its first byte (a short job) is named by what the kernel side noted.
+        let names = AttributionNames(kernelNames: { [tracer] id in tracer.cgroupName(id: id) })
+        let collector = MetricsCollector(
+            tracer: tracer, registry: ConnectionRegistry(config: config, health: tracer.healthFamilies, names: names), version: tcptopVersion)
 
         notifier.status("Binding \(config.web.listenAddresses.map(\.description).joined(separator: ", "))")
         let server: HTTPServer

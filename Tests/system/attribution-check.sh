@@ -83,6 +83,40 @@ EOF"
             "port '$port', cgroup '$cgroup', sent/received client ${got[0]:-}/${got[1]:-} server ${got[2]:-}/${got[3]:-}; probe: $(inside journalctl --no-pager -o cat -u $probe | tail -3 | paste -sd'|' -)"
     fi
     inside systemctl stop "$probe" 2>/dev/null
+    check_short_job_attribution
     inside mv "$saved" "$config"
     inside systemctl restart "$unit"
+}
+
+# A job whose unit is gone before the daemon's next read (--wait: its
+# exchange takes well under the 1 s poll): the tree no longer has its
+# cgroup, so the unit comes from the name the kernel side noted at its
+# first byte; its cgroup path is unknown ("").
+check_short_job_attribution() {
+    local job=tcptop-job.service client_sends=3333 server_sends=4444 out=/tmp/tcptop-job-port
+    inside rm -f "$out"
+    inside systemd-run --unit=tcptop-job --quiet --wait -p User=nobody -p RuntimeDirectory=tcptop-job \
+        -p RuntimeMaxSec=30 -- /bin/sh -c "
+            peer=/opt/tcptop-stage/traffic_peer.py dir=/run/tcptop-job
+            python3 \$peer serve --name tt-job-srv --receive $client_sends --send $server_sends >\$dir/server 2>&1 &
+            for _ in \$(seq 100); do grep -q '^READY' \$dir/server && break; sleep 0.05; done
+            port=\$(sed -n 's/^READY pid=[0-9]* port=\([0-9]*\)\$/\1/p' \$dir/server)
+            python3 \$peer connect --name tt-job-cli --port \"\$port\" --send $client_sends --receive $server_sends \
+                >\$dir/client 2>&1 && wait && echo \"\$port\" >$out"
+    local port gone file="$logs/metrics-short-job.txt" got=""
+    port=$(inside cat "$out" 2>/dev/null)
+    gone=$(inside systemctl show -P ActiveState "$job")
+    local client=("unit=\"$job\"" 'cgroup=""' 'user="nobody"' 'role="client"' 'lport="ephemeral"' "rport=\"$port\"")
+    for _ in $(seq 30); do
+        inside curl -s -m 10 http://localhost:9435/metrics >"$file"
+        got="$(series_value "$file" tcptop_unit_sent_bytes_total "${client[@]}") $(series_value "$file" tcptop_unit_received_bytes_total "${client[@]}")"
+        [ "$got" = "$client_sends $server_sends" ] && break
+        sleep 0.2
+    done
+    note "the job's series: $(grep -F "unit=\"$job\"" "$file" | grep '^tcptop_unit_[a-z]*_bytes_total' | paste -sd'|' -)"
+    if [ -n "$port" ] && [ "$got" = "$client_sends $server_sends" ]; then
+        ok "a job gone before the next read (systemd-run --wait, unit $gone by then): unit=\"$job\", cgroup=\"\", exact bytes ($client_sends / $server_sends)"
+    else
+        not_ok "a short job shows unit=\"$job\" with exact bytes" "port '$port', unit state '$gone', client sent/received '$got'"
+    fi
 }
