@@ -25,6 +25,7 @@ Every wait is bounded; every process started here is stopped at exit.
 Prints `ok - ...` / `not ok - ...` lines and `# figure:` lines; exit 1 on any failure.
 """
 import atexit
+import ctypes
 import json
 import os
 import random
@@ -239,6 +240,13 @@ def check_dashboard(records, work):
 # --- 3. the fleet ----------------------------------------------------------------------------
 
 children = []
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """In the child before exec: SIGTERM when this test dies, even by SIGKILL (no atexit then)."""
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def stop_children():
@@ -255,7 +263,8 @@ def stop_children():
 
 def start(name, command, log_dir):
     log = open(os.path.join(log_dir, f"{name}.log"), "w")
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             preexec_fn=die_with_parent)
     children.append((child, name))
     return child
 
@@ -267,10 +276,16 @@ def log_tail(log_dir, name, lines=15):
         return ""
 
 
+ports_taken = set()
+
+
 def free_port():
-    """A port free on 127.0.0.1 and ::1 alike (the exporter listens on both)."""
+    """A port free on 127.0.0.1 and ::1 alike (the exporter listens on both), not given before."""
     for _ in range(50):
         port = random.randint(20000, 60000)
+        if port in ports_taken:
+            continue
+        ports_taken.add(port)
         try:
             with socket.socket(socket.AF_INET) as v4, socket.socket(socket.AF_INET6) as v6:
                 v4.bind(("127.0.0.1", port))
@@ -326,7 +341,7 @@ def peer(arguments, log_dir, name):
     """Starts traffic_peer.py; returns (process, the port of its READY line)."""
     child = subprocess.Popen([sys.executable, PEER, *arguments, "--timeout", "30", "--deadline", "60"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(os.path.join(log_dir, f"{name}.log"), "w"),
-                             text=True)
+                             text=True, preexec_fn=die_with_parent)
     children.append((child, name))
     line = child.stdout.readline()
     match = re.match(r"READY pid=\d+ port=(\d+)", line)
@@ -390,7 +405,8 @@ views:
     start("exporter", [EXPORTER, f"--config.file={exporter_config}"], work)
     prometheus("central", central, central_port, "--web.enable-remote-write-receiver")
     prometheus("federate", federate, federate_port)
-    prometheus("site", site, site_port)
+    # Stopped, it would try for a minute to flush to a central server already gone.
+    prometheus("site", site, site_port, "--storage.remote.flush-deadline=1s")
     up, _ = wait_until(lambda: "tcptop_exporter_build_info" in http_get(
         f"http://127.0.0.1:{exporter_port}/metrics")[1], 30)
     if not check(up, "the daemon serves /metrics", log_tail(work, "exporter")):
