@@ -220,6 +220,11 @@ def check_dashboard(records, work):
           and {"instance", "unit"} <= set(variables)
           and all(panel.get("datasource", {}).get("uid") == "${datasource}" for panel in panels),
           "dashboard: schemaVersion 39, a datasource variable every panel uses, variables instance and unit")
+    boxes = [(panel["title"], panel["gridPos"]) for panel in all_panels(dashboard["panels"])]
+    overlaps = [(a, b) for i, (a, p) in enumerate(boxes) for b, q in boxes[i + 1:]
+                if p["x"] < q["x"] + q["w"] and q["x"] < p["x"] + p["w"] and p["y"] < q["y"] + q["h"] and q["y"] < p["y"] + p["h"]]
+    check(not overlaps and all(box["x"] + box["w"] <= 24 for _, box in boxes),
+          "dashboard: panels fit the 24-column grid without overlapping", str(overlaps))
     # Each query as a recording rule, for promtool to parse.
     path = os.path.join(work, "dashboard-queries.rules.yml")
     with open(path, "w") as out:
