@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 SWIFT ?= swift
 # Debian packages the build and the tests need (clang comes with the Swift toolchain).
 DEBIAN_PACKAGES = libbpf-dev libelf-dev libsystemd-dev zlib1g-dev libcrypt-dev libssl-dev bpftool prometheus python3 curl util-linux \
-	apache2-utils python3-bcrypt prometheus-node-exporter openssl \
+	apache2-utils python3-bcrypt python3-yaml prometheus-node-exporter openssl \
 	systemd-container mmdebstrap binutils e2fsprogs qemu-system-x86 qemu-utils
 
 .PHONY: deps build release run test fuzz test-without-bpf guest-compare bench install clean
@@ -36,10 +36,14 @@ run: release
 # Debian 11's 5.10 (the oldest). One guest alone: Tests/guest/run.sh 6.12
 # Between them, the daemon under ThreadSanitizer with reloads racing scrapes
 # (Tests/tools/race-test.sh), and the fuzzers, FUZZ_SECONDS each (`make fuzz`).
+# Then monitoring/ (Tests/monitoring/monitoring-test.py): promtool on the rules,
+# their tests and the dashboard's queries, and the fleet guide with the daemon
+# and three real Prometheus servers (about 15 s).
 test: build
 	SWIFT=$(SWIFT) Tests/tools/swift-test.sh
 	Tests/tools/race-test.sh
 	$(MAKE) fuzz
+	Tests/monitoring/monitoring-test.py
 	Tests/system/container-test.sh
 	Tests/guest/run.sh
 
