@@ -342,11 +342,42 @@ def fleet_config(name, replacements, work):
     return path
 
 
-def peer(arguments, log_dir, name):
-    """Starts traffic_peer.py; returns (process, the port of its READY line)."""
+# Hand-made cgroups named like units, for the peers: the shipped view's unit label.
+cgroups = []
+
+
+def unit_cgroup(name):
+    """A cgroup named NAME (like "x.service") under the cgroup v2 mount; removed at exit."""
+    mount = next(line.split()[4] for line in open("/proc/self/mountinfo")
+                 if line.split()[line.split().index("-") + 1] == "cgroup2")
+    path = os.path.join(mount, f"tcptop-fleet-{os.getpid()}", name)
+    os.makedirs(path, exist_ok=True)
+    cgroups.extend([path, os.path.dirname(path)])
+    return path
+
+
+def remove_cgroups():
+    for path in cgroups:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def in_cgroup(path):
+    """A preexec_fn: the child joins cgroup PATH before it runs, and dies with its parent."""
+    def join():
+        with open(os.path.join(path, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+        die_with_parent()
+    return join
+
+
+def peer(arguments, log_dir, name, cgroup):
+    """Starts traffic_peer.py in CGROUP; returns (process, the port of its READY line)."""
     child = subprocess.Popen([sys.executable, PEER, *arguments, "--timeout", "30", "--deadline", "60"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(os.path.join(log_dir, f"{name}.log"), "w"),
-                             text=True, preexec_fn=die_with_parent)
+                             text=True, preexec_fn=in_cgroup(cgroup))
     children.append((child, name))
     line = child.stdout.readline()
     match = re.match(r"READY pid=\d+ port=(\d+)", line)
@@ -368,18 +399,10 @@ def check_fleet(records, queries, work):
         return
     exporter_port, site_port, central_port, federate_port = free_port(), free_port(), free_port(), free_port()
     run_id = random.randint(1000, 9999)
-    client, server, prober = f"tfc-{run_id}", f"tfs-{run_id}", f"tfp-{run_id}"  # process names (comm), 15 bytes at most
-
-    exporter_config = os.path.join(work, "tcptop-exporter.yml")
-    with open(exporter_config, "w") as out:
-        out.write(f"""web:
-  listen_addresses: ["127.0.0.1:{exporter_port}", "[::1]:{exporter_port}"]
-views:
-  # TODO(issue 12): the shipped config's tcptop_unit view (unit, role, remote_network, lport, rport) replaces this stand-in, and the queries below select unit= instead of comm=.
-  - prefix: tcptop_unit
-    labels: [comm]
-    max_series: 0
-""")
+    # The peers' units: hand-made cgroups with unit names, unique per run.
+    client, server, prober = f"tfc-{run_id}.service", f"tfs-{run_id}.service", f"tfp-{run_id}.service"
+    # The shipped config (its tcptop_unit view is what the rules are built on), on ports of the test's.
+    exporter_config = os.path.join(ROOT, "Config", "tcptop-exporter.yml")
     targets = os.path.join(work, "targets.yml")
     with open(targets, "w") as out:
         out.write(f"- targets: ['localhost:{exporter_port}']\n")
@@ -407,7 +430,8 @@ views:
                             f"--web.listen-address=127.0.0.1:{port}", *flags], work)
 
     started = time.monotonic()
-    start("exporter", [EXPORTER, f"--config.file={exporter_config}"], work)
+    start("exporter", [EXPORTER, f"--config.file={exporter_config}", f"--web.listen-address=127.0.0.1:{exporter_port}",
+                       f"--web.listen-address=[::1]:{exporter_port}"], work)
     prometheus("central", central, central_port, "--web.enable-remote-write-receiver")
     prometheus("federate", federate, federate_port)
     # Stopped, it would try for a minute to flush to a central server already gone.
@@ -430,9 +454,10 @@ views:
     # Exactly 1,000,000 bytes from a client to a server, and 4321 back.
     sent, answered = 1_000_000, 4321
     traffic_started = time.monotonic()
-    server_process, server_port = peer(["serve", "--name", server, "--receive", str(sent), "--send", str(answered)], work, "server")
-    client_process, _ = peer(["connect", "--name", client, "--port", str(server_port), "--send", str(sent),
-                              "--receive", str(answered)], work, "client")
+    server_process, server_port = peer(["serve", "--name", "tfs", "--receive", str(sent), "--send", str(answered)], work, "server",
+                                       unit_cgroup(server))
+    client_process, _ = peer(["connect", "--name", "tfc", "--port", str(server_port), "--send", str(sent),
+                              "--receive", str(answered)], work, "client", unit_cgroup(client))
     for process, name in ((server_process, "server"), (client_process, "client")):
         try:
             done = process.stdout.read() if process.wait(timeout=30) == 0 else ""
@@ -442,10 +467,10 @@ views:
     traffic_done = time.monotonic()
 
     # The fleet query: bytes per host from the recorded served totals.
-    expected = {f'sum by (host) (instance_unit:tcptop_unit_sent_bytes:sum{{comm="{client}"}})': sent,
-                f'sum by (host) (instance_unit:tcptop_unit_received_bytes:sum{{comm="{server}"}})': sent,
-                f'sum by (host) (instance_unit:tcptop_unit_sent_bytes:sum{{comm="{server}"}})': answered,
-                f'sum by (host) (instance_unit:tcptop_unit_received_bytes:sum{{comm="{client}"}})': answered}
+    expected = {f'sum by (host) (instance_unit:tcptop_unit_sent_bytes:sum{{unit="{client}"}})': sent,
+                f'sum by (host) (instance_unit:tcptop_unit_received_bytes:sum{{unit="{server}"}})': sent,
+                f'sum by (host) (instance_unit:tcptop_unit_sent_bytes:sum{{unit="{server}"}})': answered,
+                f'sum by (host) (instance_unit:tcptop_unit_received_bytes:sum{{unit="{client}"}})': answered}
     for name, port in (("site", site_port), ("central", central_port), ("federate", federate_port)):
         deadline = time.monotonic() + 60  # for all four answers of this server
         for expr, bytes_moved in expected.items():
@@ -460,15 +485,15 @@ views:
     refused = 0
     for attempt in range(2):
         time.sleep(2.5 * attempt)
-        probe = subprocess.run([sys.executable, PEER, "probe", "--name", prober, "--address", "127.0.0.1",
+        probe = subprocess.run([sys.executable, PEER, "probe", "--name", "tfp", "--address", "127.0.0.1",
                                 "--port", str(closed_port), "--timeout", "10", "--deadline", "20"],
-                               capture_output=True, text=True, timeout=30)
+                               capture_output=True, text=True, timeout=30, preexec_fn=in_cgroup(unit_cgroup(prober)))
         refused += "CONNECT result=ECONNREFUSED" in probe.stdout
     check(refused == 2, "two connects to a closed port were refused", probe.stdout + probe.stderr)
-    labels = query(central_port, f'instance_unit:tcptop_unit_sent_bytes:sum{{comm="{client}"}}')
+    labels = query(central_port, f'instance_unit:tcptop_unit_sent_bytes:sum{{unit="{client}"}}')
     check(labels and labels[0]["metric"].get("site") == "dc1" and labels[0]["metric"].get("job") == "tcptop-exporter",
           "central: the series carry the site's external label site=\"dc1\" and job", str(labels))
-    rate, _ = wait_until(lambda: query(central_port, f'instance_unit:tcptop_unit_connect_failures:rate5m{{comm="{prober}"}} > 0'), 30)
+    rate, _ = wait_until(lambda: query(central_port, f'instance_unit:tcptop_unit_connect_failures:rate5m{{unit="{prober}"}} > 0'), 30)
     check(rate, "central: the second refused connect shows in instance_unit:tcptop_unit_connect_failures:rate5m", str(rate))
     # Remote write kept the recorded series only.
     def central_names():
@@ -491,6 +516,7 @@ def main():
     fleet = "--no-fleet" not in sys.argv[1:]
     work = tempfile.mkdtemp(prefix="tcptop-monitoring-")
     atexit.register(lambda: subprocess.run(["rm", "-rf", work]))
+    atexit.register(remove_cgroups)  # after the children are stopped (atexit runs last-in first)
     atexit.register(stop_children)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(1))
