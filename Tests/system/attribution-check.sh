@@ -26,6 +26,19 @@ series_value() {
         }' "$file" "$@"
 }
 
+# exchange_script NAME CLIENT_SENDS SERVER_SENDS DONE_FILE: the shell text
+# a unit runs (its RuntimeDirectory /run/NAME-with-tcptop-): a server and a
+# client, both its own, move the bytes; then "port=P" goes to DONE_FILE.
+exchange_script() {
+    local name=$1 client_sends=$2 server_sends=$3 done_file=$4
+    echo "peer=/opt/tcptop-stage/traffic_peer.py dir=/run/${name/tt-/tcptop-}
+        python3 \$peer serve --name $name-srv --receive $client_sends --send $server_sends >\$dir/server 2>&1 &
+        for _ in \$(seq 200); do grep -q '^READY' \$dir/server && break; sleep 0.05; done
+        port=\$(sed -n 's/^READY pid=[0-9]* port=\([0-9]*\)\$/\1/p' \$dir/server)
+        python3 \$peer connect --name $name-cli --port \"\$port\" --send $client_sends --receive $server_sends \
+            >\$dir/client 2>&1 && wait && echo \"port=\$port\" >$done_file"
+}
+
 check_unit_attribution() {
     local config saved probe=tcptop-probe.service client_sends=1000003 server_sends=54321
     config=$(show ExecStart | sed -n 's/.*--config\.file[= ]\([^ ;]*\).*/\1/p')
@@ -45,13 +58,7 @@ EOF"
     # Server and client in the probe's cgroup; the unit then waits (bounded)
     # for the host to stop it.
     inside systemd-run --unit=tcptop-probe --quiet -p User=nobody -p RuntimeDirectory=tcptop-probe \
-        -p RuntimeMaxSec=120 -- /bin/sh -c "
-            peer=/opt/tcptop-stage/traffic_peer.py dir=/run/tcptop-probe
-            python3 \$peer serve --name tt-probe-srv --receive $client_sends --send $server_sends >\$dir/server 2>&1 &
-            for _ in \$(seq 100); do grep -q '^READY' \$dir/server && break; sleep 0.1; done
-            port=\$(sed -n 's/^READY pid=[0-9]* port=\([0-9]*\)\$/\1/p' \$dir/server)
-            python3 \$peer connect --name tt-probe-cli --port \"\$port\" --send $client_sends --receive $server_sends \
-                >\$dir/client 2>&1 && wait && echo \"port=\$port\" >\$dir/done
+        -p RuntimeMaxSec=120 -- /bin/sh -c "$(exchange_script tt-probe $client_sends $server_sends /run/tcptop-probe/done)
             exec sleep 100"
     local done_file="/proc/$CONTAINER_PID/root/run/tcptop-probe/done" port=""
     for _ in $(seq 300); do
@@ -96,15 +103,9 @@ check_short_job_attribution() {
     local job=tcptop-job.service client_sends=3333 server_sends=4444 out=/tmp/tcptop-job-port
     inside rm -f "$out"
     inside systemd-run --unit=tcptop-job --quiet --wait -p User=nobody -p RuntimeDirectory=tcptop-job \
-        -p RuntimeMaxSec=30 -- /bin/sh -c "
-            peer=/opt/tcptop-stage/traffic_peer.py dir=/run/tcptop-job
-            python3 \$peer serve --name tt-job-srv --receive $client_sends --send $server_sends >\$dir/server 2>&1 &
-            for _ in \$(seq 100); do grep -q '^READY' \$dir/server && break; sleep 0.05; done
-            port=\$(sed -n 's/^READY pid=[0-9]* port=\([0-9]*\)\$/\1/p' \$dir/server)
-            python3 \$peer connect --name tt-job-cli --port \"\$port\" --send $client_sends --receive $server_sends \
-                >\$dir/client 2>&1 && wait && echo \"\$port\" >$out"
+        -p RuntimeMaxSec=30 -- /bin/sh -c "$(exchange_script tt-job $client_sends $server_sends $out)"
     local port gone file="$logs/metrics-short-job.txt" got=""
-    port=$(inside cat "$out" 2>/dev/null)
+    port=$(inside sed -n 's/^port=//p' "$out" 2>/dev/null)
     gone=$(inside systemctl show -P ActiveState "$job")
     local client=("unit=\"$job\"" 'cgroup=""' 'user="nobody"' 'role="client"' 'lport="ephemeral"' "rport=\"$port\"")
     for _ in $(seq 30); do
