@@ -37,7 +37,13 @@ public struct IPPrefix: Equatable, Hashable, Sendable, CustomStringConvertible {
 
     public func contains(_ address: [UInt8]) -> Bool {
         guard address.count == bytes.count else { return false }
-        return IPPrefix(bytes: address, length: length, masking: true).bytes == bytes
+        var index = 0, bits = length
+        while bits >= 8 {
+            if address[index] != bytes[index] { return false }
+            index += 1
+            bits -= 8
+        }
+        return bits == 0 || address[index] & ~(0xFF >> bits) == bytes[index]
     }
 
     public var description: String {

@@ -14,7 +14,7 @@ import TCPTopCore
 /// plans (the daemon's --bpf.attach-mode / --bpf.read-path values).
 /// Internal modes (the bench runs itself as a child):
 ///   --peer pingpong PORT      the other process of the ping-pong (figure 2b)
-///   --synthetic-scrape N      one synthetic scrape size (figure 3)
+///   --synthetic-scrape N [shipped]  one synthetic scrape size (figure 3), with the shipped views
 
 struct Settings {
     var figures: Set<Int> = Set(1...9)
@@ -117,8 +117,9 @@ case "--peer":
     do { try ThroughputFigure.pingPongPeer(port: port) } catch { usageError("peer: \(error)") }
     exit(0)
 case "--synthetic-scrape":
-    guard arguments.count == 2, let series = Int(arguments[1]), series > 0 else { usageError("--synthetic-scrape N") }
-    ScrapeFigure.syntheticChild(series: series, rounds: 5)
+    guard (2...3).contains(arguments.count), let series = Int(arguments[1]), series > 0,
+          arguments.count == 2 || arguments[2] == "shipped" else { usageError("--synthetic-scrape N [shipped]") }
+    ScrapeFigure.syntheticChild(series: series, rounds: 5, shipped: arguments.count == 3)
     exit(0)
 default:
     break
