@@ -251,6 +251,24 @@ else
     not_ok "postinst enabled and started the unit" "is-enabled '$enabled', $(show ActiveState)/$(show SubState), from '$(show FragmentPath)'"
 fi
 
+# What the install added, as the purge check below will see it: the
+# package's files, its Depends' files, the enablement symlink and
+# deb-systemd-helper's record of it.
+file_list >"$logs/files-installed.txt"
+comm -13 "$logs/files-before.txt" "$logs/files-installed.txt" | awk '{ print $NF }' >"$logs/files-added.txt"
+added_of_package=0
+for path in $(dpkg-deb -c "$deb" | awk '$1 !~ /^d/ { print $NF }' | sed 's|^\./|/|'); do
+    grep -Fxq "$path" "$logs/files-added.txt" && added_of_package=$((added_of_package + 1))
+done
+files_in_package=$(dpkg-deb -c "$deb" | awk '$1 !~ /^d/' | wc -l)
+if [ "$added_of_package" -eq "$files_in_package" ] &&
+    grep -Fxq "/etc/systemd/system/multi-user.target.wants/$unit" "$logs/files-added.txt" &&
+    grep -q "^/var/lib/systemd/deb-systemd-helper-enabled/.*$unit" "$logs/files-added.txt"; then
+    ok "the install added $(wc -l <"$logs/files-added.txt") entries to the file list: all $files_in_package files of the package, the enablement symlink, deb-systemd-helper's record"
+else
+    not_ok "the file list sees the install" "$added_of_package of $files_in_package files of the package; added: $(head -20 "$logs/files-added.txt" | paste -sd' ' -)"
+fi
+
 # The binaries run where no Swift runtime was ever installed.
 version_out=$(inside /usr/bin/tcptop-exporter --version 2>&1)
 help_out=$(inside /usr/bin/tcptop -h 2>&1)
