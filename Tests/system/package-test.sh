@@ -98,7 +98,9 @@ fi
 # exit 2 for an overridden error: the E: lines decide, not its status.)
 lintian --display-info --pedantic --show-overrides --fail-on none "$deb" >"$logs/lintian.txt" 2>"$logs/lintian-stderr.txt"
 lintian_rc=$?
-sed -n 's/^\([EWIPXO]\): /# lintian: \1: /p' "$logs/lintian.txt" | sort | uniq -c | sed 's/^ *\([0-9]*\) \(.*\)/\2 (x\1)/'
+# One line per tag (how often, and its first context); every line in the log.
+awk '/^[EWIPXO]: / { tag = $1 " " $3; if (!(tag in n)) { order[++k] = tag; first[tag] = $0 } n[tag]++ }
+    END { for (i = 1; i <= k; i++) { t = order[i]; sub(/^[^ ]+ [^ ]+ [^ ]+ /, "", first[t]); printf "# lintian: %s x%d (%s)\n", t, n[t], first[t] } }' "$logs/lintian.txt"
 counts=$(awk '/^[EWIPXO]: /{ n[substr($0, 1, 1)]++ } END { printf "E %d, W %d, I %d, P %d, overridden %d", n["E"], n["W"], n["I"], n["P"], n["O"] }' "$logs/lintian.txt")
 if [ "$lintian_rc" -eq 0 ] && ! grep -q '^E: ' "$logs/lintian.txt"; then
     ok "lintian accepts the package without errors ($counts)"
