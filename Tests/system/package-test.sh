@@ -363,9 +363,10 @@ fi
 
 # --- apt purge: nothing left --------------------------------------------------
 
-# The service was started again by nothing since; purge with its Depends
-# (autoremove), so that the file list can match the one before the install.
+# Purged while running (prerm stops it), with its Depends (autoremove), so
+# that the file list can match the one before the install.
 inside systemctl start "$unit"
+running_pid=$(host_pid_of "$(show MainPID)")
 INSIDE_TIMEOUT=330 inside env DEBIAN_FRONTEND=noninteractive timeout 300 apt purge -y --autoremove "$package" >"$logs/apt-purge.txt" 2>&1
 purge_rc=$?
 file_list >"$logs/files-after.txt"
@@ -377,10 +378,10 @@ unit_known=$(inside systemctl list-unit-files --no-legend "$unit" 2>/dev/null)
 etc=/proc/$CONTAINER_PID/root/etc
 if [ "$purge_rc" -eq 0 ] && [ -z "$dpkg_state" ] && [ "$changed" -eq 0 ] && [ -z "$run_left" ] && [ -z "$unit_known" ] &&
     [ ! -e "$etc/tcptop-exporter" ] && [ ! -L "$etc/systemd/system/multi-user.target.wants/$unit" ] &&
-    [ "$(show ActiveState)" = inactive ]; then
-    ok "apt purge --autoremove: stopped, unknown to dpkg and systemd, no /etc/tcptop-exporter, no enablement symlink, nothing in /run; the file list equals the one before install ($(wc -l <"$logs/files-before.txt") entries)"
+    [ -n "$running_pid" ] && [ ! -e "/proc/$running_pid" ]; then
+    ok "apt purge --autoremove of the running service: the daemon is gone, the package unknown to dpkg and systemd, no /etc/tcptop-exporter, no enablement symlink, nothing in /run; the file list equals the one before install ($(wc -l <"$logs/files-before.txt") entries)"
 else
-    not_ok "apt purge leaves nothing behind" "rc $purge_rc; dpkg '$dpkg_state'; $changed entries differ: $(grep '^[<>]' "$logs/files-diff.txt" | head -10 | paste -sd'|' -); /run: '$run_left'; unit files: '$unit_known'"
+    not_ok "apt purge leaves nothing behind" "rc $purge_rc; dpkg '$dpkg_state'; daemon (host pid '$running_pid') $([ -e "/proc/$running_pid" ] && echo still running || echo gone); $changed entries differ: $(grep '^[<>]' "$logs/files-diff.txt" | head -10 | paste -sd'|' -); /run: '$run_left'; unit files: '$unit_known'"
 fi
 
 figure "package test: $((PASSED + FAILED)) checks in $(seconds_since "$run_started") s"
