@@ -52,7 +52,9 @@ let package = Package(
         ),
         .executableTarget(
             name: "tcptop",
-            dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            // Its own option parser (TopOptions.swift: the original's options
+            // and usage text), so no ArgumentParser: generate-manual skips it.
+            dependencies: ["TCPTopCore", "TCPTopBPF", "TCPTopHTTP"]
         ),
         // `make bench`: the figures of README's performance table.
         .executableTarget(

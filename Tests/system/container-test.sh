@@ -262,53 +262,10 @@ fi
 # The peers hold their sockets open until released, so their pids can be
 # mapped to the host's pid namespace, the one BPF (bpf_get_current_pid_tgid)
 # and so the pid label use.
-traffic_dir=/run/tcptop-traffic
-INSIDE_TIMEOUT=90 inside /bin/bash /opt/tcptop-stage/traffic-in-container.sh \
-    /opt/tcptop-stage/traffic_peer.py "$traffic_dir" >"$logs/traffic.txt" 2>&1 &
-traffic_job=$!
-peers_file="/proc/$CONTAINER_PID/root$traffic_dir/peers"
-for _ in $(seq 300); do
-    [ -s "$peers_file" ] && break
-    kill -0 "$traffic_job" 2>/dev/null || break
-    sleep 0.1
-done
-expected=()
-if [ -s "$peers_file" ]; then
-    while read -r tag family server_pid server_port client_pid client_port client_sends server_sends; do
-        host_server=$(host_pid_of "$server_pid")
-        host_client=$(host_pid_of "$client_pid")
-        if [ "$family" = 4 ]; then fam=ipv4 addr=127.0.0.1; else fam=ipv6 addr=::1; fi
-        client="comm=\"tt-$tag-cli\",family=\"$fam\",laddr=\"$addr\",lport=\"$client_port\",raddr=\"$addr\",rport=\"$server_port\"}"
-        server="comm=\"tt-$tag-srv\",family=\"$fam\",laddr=\"$addr\",lport=\"$server_port\",raddr=\"$addr\",rport=\"$client_port\"}"
-        expected+=(
-            "tcptop_sent_bytes_total{pid=\"$host_client\",$client $client_sends"
-            "tcptop_received_bytes_total{pid=\"$host_client\",$client $server_sends"
-            "tcptop_sent_bytes_total{pid=\"$host_server\",$server $server_sends"
-            "tcptop_received_bytes_total{pid=\"$host_server\",$server $client_sends"
-        )
-        note "exchange $tag: client pid $client_pid (host $host_client) sent $client_sends," \
-            "server pid $server_pid (host $host_server) sent $server_sends"
-    done <"$peers_file"
-fi
-
-# compare_metrics WHAT FILE: every expected line, exactly.
-compare_metrics() {
-    local what=$1 file=$2 line missing=()
-    for line in "${expected[@]}"; do
-        grep -Fxq "$line" "$file" || missing+=("$line")
-    done
-    if [ "${#expected[@]}" -eq 8 ] && [ "${#missing[@]}" -eq 0 ]; then
-        ok "curl localhost:9435/metrics inside: exact bytes of 4 connection ends, IPv4 and IPv6 ($what)"
-    else
-        not_ok "curl localhost:9435/metrics inside: exact bytes ($what)" \
-            "${#expected[@]} expected lines, missing: ${missing[*]:-}; served: $(grep '^tcptop_[a-z_]*bytes_total{.*comm="tt-' "$file" | paste -sd'|' -)"
-    fi
-}
-
+start_traffic "$logs/traffic.txt"
 inside curl -s localhost:9435/metrics >"$logs/metrics-open.txt" 2>&1
 compare_metrics "connections open" "$logs/metrics-open.txt"
-touch "/proc/$CONTAINER_PID/root$traffic_dir/release" 2>/dev/null
-wait "$traffic_job"
+release_traffic
 traffic_status=$?
 inside curl -s localhost:9435/metrics >"$logs/metrics-closed.txt" 2>&1
 if [ "$traffic_status" -eq 0 ]; then

@@ -248,3 +248,62 @@ program_holders() {
     grep -Hs '^prog_id:' /proc/[0-9]*/fdinfo/* |
         awk -F'[/:\t ]+' '{ print $(NF), $3 }' | sort -u
 }
+
+# --- traffic with known bytes inside the container ------------------------------
+
+# start_traffic STAGE_DIR LOG: runs traffic-in-container.sh (from the stage
+# bound at /opt/tcptop-stage) in the background as TRAFFIC_JOB, waits (30 s at
+# most) until its peers hold their sockets, then sets EXPECTED to the exact
+# /metrics lines of their 4 connection ends (the shipped per-connection view),
+# their pids mapped to the host's, the pids BPF sees. Notes each exchange.
+TRAFFIC_DIR=/run/tcptop-traffic
+start_traffic() {
+    INSIDE_TIMEOUT=90 inside /bin/bash /opt/tcptop-stage/traffic-in-container.sh \
+        /opt/tcptop-stage/traffic_peer.py "$TRAFFIC_DIR" >"$1" 2>&1 &
+    TRAFFIC_JOB=$!
+    local peers="/proc/$CONTAINER_PID/root$TRAFFIC_DIR/peers" _
+    for _ in $(seq 300); do
+        [ -s "$peers" ] && break
+        kill -0 "$TRAFFIC_JOB" 2>/dev/null || break
+        sleep 0.1
+    done
+    EXPECTED=()
+    [ -s "$peers" ] || return 1
+    local tag family server_pid server_port client_pid client_port client_sends server_sends
+    local host_server host_client fam addr client server
+    while read -r tag family server_pid server_port client_pid client_port client_sends server_sends; do
+        host_server=$(host_pid_of "$server_pid")
+        host_client=$(host_pid_of "$client_pid")
+        if [ "$family" = 4 ]; then fam=ipv4 addr=127.0.0.1; else fam=ipv6 addr=::1; fi
+        client="comm=\"tt-$tag-cli\",family=\"$fam\",laddr=\"$addr\",lport=\"$client_port\",raddr=\"$addr\",rport=\"$server_port\"}"
+        server="comm=\"tt-$tag-srv\",family=\"$fam\",laddr=\"$addr\",lport=\"$server_port\",raddr=\"$addr\",rport=\"$client_port\"}"
+        EXPECTED+=(
+            "tcptop_sent_bytes_total{pid=\"$host_client\",$client $client_sends"
+            "tcptop_received_bytes_total{pid=\"$host_client\",$client $server_sends"
+            "tcptop_sent_bytes_total{pid=\"$host_server\",$server $server_sends"
+            "tcptop_received_bytes_total{pid=\"$host_server\",$server $client_sends"
+        )
+        note "exchange $tag: client pid $client_pid (host $host_client) sent $client_sends," \
+            "server pid $server_pid (host $host_server) sent $server_sends"
+    done <"$peers"
+}
+
+# release_traffic: the peers close and exit; returns the traffic job's status.
+release_traffic() {
+    touch "/proc/$CONTAINER_PID/root$TRAFFIC_DIR/release" 2>/dev/null
+    wait "$TRAFFIC_JOB"
+}
+
+# compare_metrics WHAT FILE: every EXPECTED line, exactly, in FILE (a scrape).
+compare_metrics() {
+    local what=$1 file=$2 line missing=()
+    for line in "${EXPECTED[@]}"; do
+        grep -Fxq "$line" "$file" || missing+=("$line")
+    done
+    if [ "${#EXPECTED[@]}" -eq 8 ] && [ "${#missing[@]}" -eq 0 ]; then
+        ok "curl localhost:9435/metrics inside: exact bytes of 4 connection ends, IPv4 and IPv6 ($what)"
+    else
+        not_ok "curl localhost:9435/metrics inside: exact bytes ($what)" \
+            "${#EXPECTED[@]} expected lines, missing: ${missing[*]:-}; served: $(grep '^tcptop_[a-z_]*bytes_total{.*comm="tt-' "$file" | paste -sd'|' -)"
+    fi
+}
