@@ -17,11 +17,6 @@ public struct KernelReading: Sendable {
 }
 
 extension TCPTracer {
-    /// Reads every connection end, then moves closed ones out of the kernel.
-    /// The order makes a socket destroyed during the read safe: live sockets
-    /// are read before "closed_conns" (a socket destroyed in between appears
-    /// in both, and its final counts win); shared entries are read after the
-    /// set of closed cookies (an entry is only deleted once final).
     /// The directory name the kernel side noted for cgroup `id` when an end
     /// was first seen in it (the cgroup may be gone since); nil if none.
     public func cgroupName(id: UInt64) -> String? {
@@ -31,6 +26,11 @@ extension TCPTracer {
         return withUnsafeBytes(of: value.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
+    /// Reads every connection end, then moves closed ones out of the kernel.
+    /// The order makes a socket destroyed during the read safe: live sockets
+    /// are read before "closed_conns" (a socket destroyed in between appears
+    /// in both, and its final counts win); shared entries are read after the
+    /// set of closed cookies (an entry is only deleted once final).
     public func read() throws -> KernelReading {
         // Before the maps: a close counted after this is seen by the next poll.
         let closes = try statSum(TCPTOP_STAT_CLOSES)

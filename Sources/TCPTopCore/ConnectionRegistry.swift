@@ -49,8 +49,7 @@ public final class ConnectionRegistry {
                 networks: [NamedNetwork] = [], names: AttributionNames? = nil) {
         self.views = views.map { SeriesView(config: $0, health: health) }
         attributed = views.contains { EndAttribution.isNeeded(by: $0.labels) }
-        let needsCgroups = views.contains { !Set($0.labels).isDisjoint(with: [.unit, .cgroup, .container]) }
-        self.names = names ?? (attributed ? AttributionNames(cgroupMount: needsCgroups ? AttributionNames.findCgroup2Mount() : nil) : nil)
+        self.names = names ?? (attributed ? AttributionNames() : nil)
         networkNames = RemoteNetworkNames(networks)
         self.closedRetention = closedRetention
         self.health = health
