@@ -24,7 +24,7 @@ struct ExporterCommand: ParsableCommand {
     var configFile: String?
 
     @Option(name: .customLong("web.config.file"),
-            help: "exporter-toolkit web config file: basic auth users and headers (TLS not yet); followed while running. \"\" for none. (default: web.config_file)")
+            help: "exporter-toolkit web config file: TLS, basic auth users and headers; followed while running. \"\" for none. (default: web.config_file)")
     var webConfigFile: String?
 
     @Option(name: .customLong("bpf.attach-mode"),
