@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
 /* The layout of the BPF maps, shared by bpf/tcptop.bpf.c and the Swift side
- * (through Sources/CTCPTop): hence both licenses. Plain __u8..__u64 fields with explicit padding
- * only, so that both compilers agree on every offset. */
+ * (through Sources/CTCPTop): hence both licenses. Plain __u8..__u64 fields
+ * with explicit padding only, so that both compilers agree on every offset. */
 #ifndef TCPTOP_MAPS_H
 #define TCPTOP_MAPS_H
 
