@@ -365,6 +365,13 @@ func value(_ samples: [ParsedSample], _ name: String, _ labels: [String: String]
     samples.first { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }?.value
 }
 
+/// A config whose one view keeps only `family`: for tests that time or
+/// cost the daemon itself, whose figures must not follow the connections
+/// other suites have open on the host (each read still takes them all).
+func smallViewConfig() throws -> String {
+    try writeConfig("views:\n  - {prefix: tcptop, labels: [family]}\n")
+}
+
 func writeConfig(_ text: String) throws -> String {
     let path = NSTemporaryDirectory() + "tcptop-config-\(UInt32.random(in: 0...UInt32.max)).yml"
     try text.write(toFile: path, atomically: true, encoding: .utf8)
