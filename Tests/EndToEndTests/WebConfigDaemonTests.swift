@@ -128,10 +128,12 @@ struct WebConfigDaemonTests {
         print(String(format: "10,000 requests for / on one connection: wrong password %.2f s CPU (%.2f s wall), right password %.2f s CPU (%.2f s wall), "
                          + "no web config %.2f s CPU (%.2f s wall)",
                      wrongCost.cpu, wrongCost.wall, goodCost.cpu, goodCost.wall, plainCost.cpu, plainCost.wall))
-        // 10,000 bcrypts at cost 10 would take ~500 s of CPU here; the cache
-        // makes both a few tenths of a second. Generous: CPU ticks are 10 ms.
+        // 10,000 bcrypts at cost 10 would take ~500 s of CPU here, ~100 times the
+        // requests themselves; the cache makes both cost about what a request
+        // without a web config costs (a ratio in one run: this machine's speed
+        // varies, 10,000 plain requests took 3.1-3.5 s of a debug build's CPU).
         #expect(wrongCost.cpu <= 3 * max(goodCost.cpu, 0.1), "wrong \(wrongCost.cpu) s against right \(goodCost.cpu) s")
-        #expect(wrongCost.cpu < 5, "not one bcrypt per request")
+        #expect(wrongCost.cpu < 5 * max(plainCost.cpu, 0.1), "not one bcrypt per request: wrong \(wrongCost.cpu) s against none \(plainCost.cpu) s")
     }
 
     // MARK: Helpers
