@@ -54,28 +54,7 @@ logs="$cache/logs"
 machine="tcptop-test-$$"
 stage=""
 
-# The container's whole journal, for the logs.
-save_journal() {
-    if [ -n "$NSPAWN_PID" ] && [ -n "$CONTAINER_PID" ]; then
-        inside journalctl --no-pager -o short-monotonic >"$logs/journal.txt" 2>&1
-    fi
-}
-
-finish() {
-    local status=$?
-    trap - EXIT INT TERM
-    save_journal
-    stop_container
-    # Whatever this script still runs in the background (the traffic job, an
-    # `inside` that was interrupted), by pid.
-    local jobs_left
-    jobs_left=$(jobs -p)
-    [ -n "$jobs_left" ] && kill $jobs_left 2>/dev/null
-    [ -n "$stage" ] && rm -rf "$stage"
-    echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && [ "$status" -eq 0 ] && exit 0
-    exit 1
-}
+finish() { end_run $?; }
 trap finish EXIT
 trap 'not_ok "the whole run" "interrupted or past the global timeout"; exit 1' INT TERM
 

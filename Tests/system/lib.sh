@@ -182,6 +182,30 @@ boot_container() {
 
 # Stops the container: SIGTERM makes nspawn shut it down in order; SIGKILL
 # after 15 s. Only the nspawn process this script started is signalled.
+# The container's whole journal, into the run's logs ($logs).
+save_journal() {
+    if [ -n "$NSPAWN_PID" ] && [ -n "$CONTAINER_PID" ]; then
+        inside journalctl --no-pager -o short-monotonic >"$logs/journal.txt" 2>&1
+    fi
+}
+
+# The end of a run, from its EXIT trap (end_run $?): the journal saved, the
+# container stopped, whatever the script still runs in the background (a
+# traffic job, an interrupted `inside`) killed, the stage ($stage) removed;
+# then the counts, and exit 0 only if nothing failed.
+end_run() {
+    local status=$1 jobs_left
+    trap - EXIT INT TERM
+    save_journal
+    stop_container
+    jobs_left=$(jobs -p)
+    [ -n "$jobs_left" ] && kill $jobs_left 2>/dev/null
+    [ -n "$stage" ] && rm -rf "$stage"
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && [ "$status" -eq 0 ] && exit 0
+    exit 1
+}
+
 stop_container() {
     [ -n "$NSPAWN_PID" ] || return 0
     kill -TERM "$NSPAWN_PID" 2>/dev/null

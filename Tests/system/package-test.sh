@@ -50,19 +50,8 @@ bridge_pid=""
 
 finish() {
     local status=$?
-    trap - EXIT INT TERM
-    if [ -n "$NSPAWN_PID" ] && [ -n "$CONTAINER_PID" ]; then
-        inside journalctl --no-pager -o short-monotonic >"$logs/journal.txt" 2>&1
-    fi
-    stop_container
     [ -n "$bridge_pid" ] && kill "$bridge_pid" 2>/dev/null
-    local jobs_left
-    jobs_left=$(jobs -p)
-    [ -n "$jobs_left" ] && kill $jobs_left 2>/dev/null
-    [ -n "$stage" ] && rm -rf "$stage"
-    echo "$PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && [ "$status" -eq 0 ] && exit 0
-    exit 1
+    end_run $status
 }
 trap finish EXIT
 trap 'not_ok "the whole run" "interrupted or past the global timeout"; exit 1' INT TERM
