@@ -145,14 +145,6 @@ else
     exit 1
 fi
 
-show() { # show PROPERTY: one property of the unit
-    inside systemctl show -P "$1" "$unit"
-}
-
-journal() { # the unit's journal, message text only
-    inside journalctl --no-pager -o cat -u "$unit"
-}
-
 # --- start: returns once READY=1 arrived --------------------------------------
 
 # Timed inside the container, and /metrics fetched right after start returns:
@@ -255,23 +247,7 @@ fi
 
 # --- reload: the config is read again, same process ---------------------------
 
-# The new log format is visible in the journal line that confirms the reload.
-pid_before=$main_pid
-inside sed -i 's/^  format: logfmt$/  format: json/' /etc/tcptop-exporter/tcptop-exporter.yml
-reload_out=$(inside systemctl reload "$unit" 2>&1)
-reload_rc=$?
-reloaded=""
-for _ in $(seq 50); do
-    reloaded=$(journal | grep -F 'configuration reloaded')
-    [ -n "$reloaded" ] && break
-    sleep 0.1
-done
-if [ "$reload_rc" -eq 0 ] && [[ "$reloaded" == "{"* ]] && [ "$(show ActiveState)" = active ] &&
-    [ "$(show MainPID)" = "$pid_before" ]; then
-    ok "systemctl reload re-reads the config (log format now json: $reloaded), same MainPID, active"
-else
-    not_ok "systemctl reload re-reads the config" "rc=$reload_rc $reload_out; reloaded='$reloaded' state=$(show ActiveState) pid $pid_before -> $(show MainPID)"
-fi
+check_reload_to_json /etc/tcptop-exporter/tcptop-exporter.yml "the config"
 
 # --- reload to a port the unit does not allow: the old listener keeps serving -
 

@@ -182,6 +182,36 @@ boot_container() {
 
 # Stops the container: SIGTERM makes nspawn shut it down in order; SIGKILL
 # after 15 s. Only the nspawn process this script started is signalled.
+show() { # show PROPERTY: one property of the unit ($unit) inside
+    inside systemctl show -P "$1" "$unit"
+}
+
+journal() { # the unit's journal, message text only
+    inside journalctl --no-pager -o cat -u "$unit"
+}
+
+# check_reload_to_json CONFIG WHAT: switch CONFIG's log format to json and
+# `systemctl reload`: the journal line that confirms the reload must be
+# json (the config was read again), the unit active, its MainPID the same.
+check_reload_to_json() {
+    local config=$1 what=$2 pid_before reload_out reload_rc reloaded=""
+    pid_before=$(show MainPID)
+    inside sed -i 's/^  format: logfmt$/  format: json/' "$config"
+    reload_out=$(inside systemctl reload "$unit" 2>&1)
+    reload_rc=$?
+    for _ in $(seq 50); do
+        reloaded=$(journal | grep -F 'configuration reloaded')
+        [ -n "$reloaded" ] && break
+        sleep 0.1
+    done
+    if [ "$reload_rc" -eq 0 ] && [[ "$reloaded" == "{"* ]] && [ "$(show ActiveState)" = active ] &&
+        [ "$(show MainPID)" = "$pid_before" ]; then
+        ok "systemctl reload re-reads $what (log format now json: $reloaded), same MainPID, active"
+    else
+        not_ok "systemctl reload re-reads $what" "rc=$reload_rc $reload_out; reloaded='$reloaded' state=$(show ActiveState) pid $pid_before -> $(show MainPID)"
+    fi
+}
+
 # The container's whole journal, into the run's logs ($logs).
 save_journal() {
     if [ -n "$NSPAWN_PID" ] && [ -n "$CONTAINER_PID" ]; then

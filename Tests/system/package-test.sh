@@ -224,12 +224,6 @@ else
     exit 1
 fi
 
-show() { # show PROPERTY: one property of the unit
-    inside systemctl show -P "$1" "$unit"
-}
-journal() { # the unit's journal, message text only
-    inside journalctl --no-pager -o cat -u "$unit"
-}
 
 # postinst enabled and started it (the way Debian's exporters are set up).
 enabled=$(inside systemctl is-enabled "$unit" 2>&1)
@@ -313,22 +307,7 @@ fi
 
 # --- reload: the conffile read again, same process -----------------------------
 
-pid_before=$(show MainPID)
-inside sed -i 's/^  format: logfmt$/  format: json/' /etc/tcptop-exporter/tcptop-exporter.yml
-reload_out=$(inside systemctl reload "$unit" 2>&1)
-reload_rc=$?
-reloaded=""
-for _ in $(seq 50); do
-    reloaded=$(journal | grep -F 'configuration reloaded')
-    [ -n "$reloaded" ] && break
-    sleep 0.1
-done
-if [ "$reload_rc" -eq 0 ] && [[ "$reloaded" == "{"* ]] && [ "$(show ActiveState)" = active ] &&
-    [ "$(show MainPID)" = "$pid_before" ]; then
-    ok "systemctl reload re-reads /etc/tcptop-exporter/tcptop-exporter.yml (log format now json: $reloaded), same MainPID"
-else
-    not_ok "systemctl reload re-reads the config" "rc=$reload_rc $reload_out; reloaded='$reloaded' state=$(show ActiveState) pid $pid_before -> $(show MainPID)"
-fi
+check_reload_to_json /etc/tcptop-exporter/tcptop-exporter.yml /etc/tcptop-exporter/tcptop-exporter.yml
 
 # --- stop: clean exit, no BPF programs left ------------------------------------
 
