@@ -7,11 +7,14 @@ what tcptop-exporter / tcptop report with the bytes they really moved.
   traffic_peer.py serve   --family 4|6 --name NAME --receive N --send M [--peek]
   traffic_peer.py connect --family 4|6 --name NAME --port P --send N --receive M
   traffic_peer.py probe   --name NAME --address A --port P   (one connect, its outcome)
+  traffic_peer.py many    --name NAME --count N --send M     (N held connections to itself)
 
 --address replaces loopback (the address to bind or connect to). With
 --tcp-info, a client prints `TCPINFO rtt_us=R rttvar_us=V total_retrans=T`
 (the kernel's getsockopt(TCP_INFO) of its socket) after its transfer. A
-probe prints `CONNECT result=OK|<errno name> seconds=S` and `DONE`.
+probe prints `CONNECT result=OK|<errno name> seconds=S` and `DONE`. `many`
+opens its connections after a line on stdin, M bytes each way on each,
+says `HOLDING`, and closes them after the next line.
 
 Each prints one line `READY pid=<pid> port=<local port>` once its socket is
 set up, and `DONE` after the peer closed. Sends go out in random chunk sizes
@@ -119,9 +122,49 @@ def probe(family, address, port, timeout):
     print("DONE", flush=True)
 
 
+def wait_line(what, timeout):
+    step(what)
+    readable, _, _ = select.select([sys.stdin], [], [], timeout)
+    if not readable:
+        give_up(f"no line on stdin within {timeout:g} s")
+    sys.stdin.readline()
+
+
+def many(family, address, count, size, timeout):
+    """`count` loopback connections to ourselves, opened after a line on
+    stdin (so that a tracer filtered by our pid can start first), `size`
+    bytes each way on each, held until the next line."""
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.bind((address, 0))
+    listener.listen(count)
+    port = listener.getsockname()[1]
+    print(f"READY pid={os.getpid()} port={port}", flush=True)
+    wait_line("a line on stdin (open)", timeout)
+    ends = []
+    for _ in range(count):
+        client = socket.create_connection((address, port))
+        server, _ = listener.accept()
+        client.sendall(b"c" * size)
+        server.sendall(b"s" * size)
+        for end in (client, server):
+            got = 0
+            while got < size:
+                piece = end.recv(size - got)
+                if not piece:
+                    give_up("a connection closed early")
+                got += len(piece)
+        ends += [client, server]
+    print("HOLDING", flush=True)
+    wait_line("a line on stdin (close)", timeout)
+    for end in ends:
+        end.close()
+    print("DONE", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["serve", "connect", "probe"])
+    parser.add_argument("mode", choices=["serve", "connect", "probe", "many"])
+    parser.add_argument("--count", type=int, default=1, help="many: connections to hold")
     parser.add_argument("--family", choices=["4", "6"], default="4")
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, default=0)
@@ -160,6 +203,8 @@ def main():
     loopback = args.address or ("127.0.0.1" if args.family == "4" else "::1")
     if args.mode == "probe":
         return probe(family, loopback, args.port, args.timeout)
+    if args.mode == "many":
+        return many(family, loopback, args.count, args.send, args.timeout)
 
     if args.mode == "serve":
         listener = socket.socket(family, socket.SOCK_STREAM)

@@ -6,12 +6,16 @@
  * array into its memory (BPF_F_MMAPABLE) and reads it without a system
  * call; it sees every network namespace, like the other read paths.
  *
- * A slot's life: taken from "free_slots" (or, while there are never-used
- * slots, numbered by take_number()), filled, then LIVE once the socket's
- * storage points at it; CLOSED at tcp_destroy_sock; user space takes its
- * final counts, marks it FREE and pushes it back on "free_slots". So the
- * final counts need no second map, and a close never finds one full: with
- * every slot in use, new sockets count as unattributed. */
+ * A slot's life: popped from "free_slots", filled, then LIVE once the
+ * socket's storage points at it; CLOSED at tcp_destroy_sock; user space
+ * takes its final counts, marks it FREE and pushes it back on "free_slots".
+ * So the final counts need no second map, and a close never finds one full:
+ * with every slot in use, new sockets count as unattributed.
+ *
+ * User space pushes every slot on "free_slots" before the programs attach,
+ * the highest first, so never-used slots come off in order and the slots
+ * ever used are [0, slots_taken): user space reads no further. Any CPU can
+ * take any free slot (the stack is one pool, under its own lock). */
 #ifndef TCPTOP_STORE_STORAGE_ARRAY_H
 #define TCPTOP_STORE_STORAGE_ARRAY_H
 
@@ -39,12 +43,36 @@ struct {
 	__type(value, struct tcptop_slot);
 } slots SEC(".maps");
 
-/* Indexes of slots user space has freed. */
+/* Indexes of free slots (TCPTOP_SLOT_REUSED: used before). */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK);
 	__uint(max_entries, 1); /* resized by user space before load */
 	__uint(value_size, sizeof(__u32));
 } free_slots SEC(".maps");
+
+/* How many never-used slots were taken: one counter, added atomically. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} slots_taken SEC(".maps");
+
+/* A slot for a new socket; false: every slot is in use. */
+static __always_inline bool take_slot(__u32 *index)
+{
+	__u32 popped;
+	if (bpf_map_pop_elem(&free_slots, &popped))
+		return false;
+	*index = popped & ~TCPTOP_SLOT_REUSED;
+	if (!(popped & TCPTOP_SLOT_REUSED)) {
+		__u32 zero = 0;
+		__u64 *taken = bpf_map_lookup_elem(&slots_taken, &zero);
+		if (taken) /* user space reads slots [0, taken) */
+			__sync_fetch_and_add(taken, 1);
+	}
+	return true;
+}
 
 static __always_inline struct tcptop_slot *slot_of(struct tcptop_slot_ref *ref)
 {
@@ -67,14 +95,8 @@ static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *
 	if (ref) /* the owner has a slot: this is another process */
 		return count_shared(sk, ref->cookie, &ref->shared, tgid, ret, is_send);
 	__u32 index;
-	if (bpf_map_pop_elem(&free_slots, &index)) {
-		/* Never-used slots are shared out among CPUs (take_number):
-		 * user space reads up to the highest taken. */
-		__u64 fresh = take_number(TCPTOP_COUNTER_FRESH_SLOTS);
-		if (fresh >= settings.slot_count) /* this CPU's share is used up */
-			return unattributed(ret, is_send);
-		index = fresh;
-	}
+	if (!take_slot(&index))
+		return unattributed(ret, is_send);
 	struct tcptop_slot *slot = bpf_map_lookup_elem(&slots, &index);
 	if (!slot)
 		return unattributed(ret, is_send);
@@ -89,7 +111,8 @@ static __noinline int count_array_slow(struct sock *sk, struct tcptop_slot_ref *
 	ref = bpf_sk_storage_get(&socket_slots, sk, &initial, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!ref || ref->slot != index) {
 		/* No memory, or another CPU gave the socket its slot first. */
-		bpf_map_push_elem(&free_slots, &index, 0);
+		__u32 back = index | TCPTOP_SLOT_REUSED;
+		bpf_map_push_elem(&free_slots, &back, 0);
 		if (!ref)
 			return unattributed(ret, is_send);
 		if (ref->owner_tgid != tgid)

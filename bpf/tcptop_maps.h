@@ -139,16 +139,13 @@ struct tcptop_settings {
 	__u32 socket_capacity; /* sockets that may get their own storage */
 	__u32 count_nothing; /* 1: return at once (the benchmark's cost floor) */
 	__u32 read_path; /* enum tcptop_read_path */
-	__u32 slot_count; /* storage_array: entries of "slots" */
 	__u32 cpus; /* possible CPUs: numbers taken per CPU (take_number) */
-	__u32 pad;
 };
 
 /* Indexes into the per-CPU "per_cpu_counters" array. */
 enum tcptop_counter {
 	TCPTOP_COUNTER_CONNECTION_IDS = 0, /* socket_hash: ids in place of cookies */
-	TCPTOP_COUNTER_FRESH_SLOTS = 1, /* storage_array: slots never used before */
-	TCPTOP_COUNTER_COUNT = 2,
+	TCPTOP_COUNTER_COUNT = 1,
 };
 
 /* Where the owners' counters live and how user space reads them. */
@@ -170,13 +167,17 @@ struct tcptop_slot {
 	__u32 state; /* enum tcptop_slot_state, written last */
 };
 
+/* On "free_slots", a slot used before (freed by user space, or given back
+ * by a program that lost a race): not counted in "slots_taken" again. */
+#define TCPTOP_SLOT_REUSED (1U << 31)
+
 enum tcptop_slot_state {
 	TCPTOP_SLOT_FREE = 0, /* user space ignores it */
 	TCPTOP_SLOT_LIVE = 1, /* a live socket's owner counts here */
 	TCPTOP_SLOT_CLOSED = 2, /* final counts: user space takes them, frees the slot */
 };
 
-_Static_assert(sizeof(struct tcptop_settings) == 32, "settings layout");
+_Static_assert(sizeof(struct tcptop_settings) == 24, "settings layout");
 _Static_assert(sizeof(struct tcptop_sock_value) == 184, "socket value layout");
 _Static_assert(sizeof(struct tcptop_conn_record) == 160, "record layout");
 _Static_assert(sizeof(struct tcptop_conn_key) == 16, "conn key layout");

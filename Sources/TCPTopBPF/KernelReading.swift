@@ -121,20 +121,16 @@ extension TCPTracer {
     /// lives, and none is read as live after its final counts.
     private func readStorageArray() throws -> Owners {
         guard let slots else { return ([], []) }
-        // Fresh slots are numbered n * cpus + cpu (take_number in BPF): the
-        // highest count times the CPUs bounds every slot ever taken.
-        let cpus = Int(libbpf_num_possible_cpus())
-        var key = UInt32(TCPTOP_COUNTER_FRESH_SLOTS.rawValue)
-        var perCPU = [UInt64](repeating: 0, count: max(cpus, 1))
-        let err = bpf_map_lookup_elem(perCPUCountersFD, &key, &perCPU)
-        if err != 0 { throw TracerError.libbpf("reading the slot counts", code: err) }
-        let taken = Int(min(perCPU.max() ?? 0, UInt64(slots.count))) * max(cpus, 1)
+        // Never-used slots are taken in order: those ever used are [0, taken).
+        var zero: UInt32 = 0, taken: UInt64 = 0
+        let err = bpf_map_lookup_elem(slotsTakenFD, &zero, &taken)
+        if err != 0 { throw TracerError.libbpf("reading the slot count", code: err) }
         var owners: Owners = ([], [])
         func record(_ index: Int) -> tcptop_conn_record {
             let copy = slots.slot(index).pointee
             return tcptop_conn_record(key: tcptop_conn_key(cookie: copy.cookie, tgid: copy.tgid, pad: 0), value: copy.conn)
         }
-        for index in 0..<min(taken, slots.count) {
+        for index in 0..<Int(min(taken, UInt64(slots.count))) {
             var state = tcptop_load_acquire_u32(slots.state(index))
             guard state != TCPTOP_SLOT_FREE.rawValue else { continue }
             var copy = record(index)
@@ -152,11 +148,13 @@ extension TCPTracer {
     }
 
     /// Closed slots whose final counts were taken: FREE, then back on the
-    /// kernel's free stack (a slot is never on it twice, nor in use there).
+    /// kernel's free stack (a slot is never on it twice, nor in use there),
+    /// marked as used before.
     private func freeSlots(_ indexes: [UInt32]) throws {
         guard let slots else { return }
-        for var index in indexes {
-            tcptop_store_release_u32(slots.state(Int(index)), TCPTOP_SLOT_FREE.rawValue)
+        for slot in indexes {
+            tcptop_store_release_u32(slots.state(Int(slot)), TCPTOP_SLOT_FREE.rawValue)
+            var index = slot | TCPTOP_SLOT_REUSED
             let err = bpf_map_update_elem(freeSlotsFD, nil, &index, UInt64(BPF_ANY))
             if err != 0 { throw TracerError.libbpf("freeing a slot", code: err) }
         }

@@ -85,7 +85,7 @@ public final class TCPTracer {
     /// that say which are in use.
     let slots: SlotMapping?
     let freeSlotsFD: Int32
-    let perCPUCountersFD: Int32
+    let slotsTakenFD: Int32
     /// Labels already built, by connection: most reads see the same
     /// connections again, and building address text is the costly part.
     var labelCache: [ConnectionID: ConnectionLabels] = [:]
@@ -193,8 +193,9 @@ public final class TCPTracer {
             statsFD = bpf_map__fd(maps[.stats]!)
             cgroupNamesFD = bpf_map__fd(maps[.cgroupNames]!)
             freeSlotsFD = bpf_map__fd(maps[.freeSlots]!)
-            perCPUCountersFD = bpf_map__fd(maps[.perCpuCounters]!)
+            slotsTakenFD = bpf_map__fd(maps[.slotsTaken]!)
             slots = plan.readPath == .storageArray ? try SlotMapping(map: maps[.slots]!) : nil
+            if let slots { try Self.pushEverySlot(count: slots.count, freeSlotsFD: freeSlotsFD) }
         } catch {
             bpf_object__close(object)
             throw error
@@ -243,8 +244,7 @@ public final class TCPTracer {
         try setSettings(object: object, tcptop_settings(
             target_tgid: options.targetPID, filter_cgroup: options.cgroupPath == nil ? 0 : 1,
             socket_capacity: capacity, count_nothing: options.countNothing ? 1 : 0,
-            read_path: readPath.rawValue, slot_count: slotCount, cpus: UInt32(max(libbpf_num_possible_cpus(), 1)),
-            pad: 0))
+            read_path: readPath.rawValue, cpus: UInt32(max(libbpf_num_possible_cpus(), 1))))
         try selectPrograms(object: object, Set(plan.programs))
         return maps
     }
@@ -252,6 +252,19 @@ public final class TCPTracer {
     /// storage_array: the slots of closed sockets wait for the next read, so
     /// there are twice as many slots as sockets tracked at once.
     static func slotCount(capacity: UInt32) -> UInt32 { UInt32(min(UInt64(capacity) * 2, 1 << 24)) }
+
+    /// storage_array, before the programs attach: every slot on the free
+    /// stack, the highest first, so that never-used slots come off it in
+    /// order and the slots in use stay below the kernel's "slots_taken"
+    /// count (one pool for every CPU; about 0.75 µs a slot, 0.1 s for the
+    /// default capacity).
+    private static func pushEverySlot(count: Int, freeSlotsFD: Int32) throws {
+        for slot in (0..<UInt32(count)).reversed() {
+            var index = slot
+            let err = bpf_map_update_elem(freeSlotsFD, nil, &index, UInt64(BPF_ANY))
+            if err != 0 { throw TracerError.libbpf("filling the free slots", code: err) }
+        }
+    }
 
     /// Loads each of the plan's programs alone, in a fresh object with small
     /// maps, to find the one the kernel refuses. Nil when each loads alone

@@ -44,6 +44,27 @@ struct TracerTests {
         #expect(second.isEmpty)
     }
 
+    /// storage_array: the slots are one pool for every CPU. 120 connections
+    /// (240 ends) of one process pinned to CPU 0, with 256 slots (capacity
+    /// 128): every end gets a slot, every byte its connection. (When each CPU
+    /// had its own share of never-used slots, CPU 0 of two had 128.)
+    @Test(arguments: KernelPlans.allowed.filter { $0.readPath == .storageArray })
+    func oneCPUCanTakeEverySlot(plan: KernelPlans.Combination) throws {
+        let peer = try LinePeer(["many", "--name", "tt-one-cpu", "--count", "120", "--send", "100"], hold: true,
+                                launcher: ["/usr/bin/taskset", "--cpu-list", "0"])
+        let (pid, _) = try peer.readReady()
+        let tracer = try TCPTracer.start(plan.options(mapCapacity: 128, targetPID: pid))
+        peer.release()
+        try peer.waitFor("HOLDING")
+        let reading = try tracer.read()
+        let ours = reading.connections.filter { $0.id.pid == pid }
+        #expect(ours.count == 240)
+        #expect(ours.filter { $0.sentBytes == 100 && $0.receivedBytes == 100 }.count == 240)
+        #expect(reading.unattributed.sentBytes == 0, "\(plan): \(reading.unattributed.sendEvents) sends unattributed")
+        peer.release()
+        try peer.waitDone()
+    }
+
     @Test(arguments: KernelPlans.allowed, [false, true])
     func aFullMapStillCountsEveryByteAsUnattributed(plan: KernelPlans.Combination, readBetween: Bool) throws {
         let tracer = try TCPTracer.start(plan.options(mapCapacity: 1))
