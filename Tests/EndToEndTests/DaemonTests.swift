@@ -255,7 +255,8 @@ struct ReloadListenerTests {
         // The test's own socket holds `held`: the daemon cannot bind it.
         let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(holder) }
-        try #require(onLoopback(port: held, { bind(holder, $0, $1) }) == 0 && listen(holder, 1) == 0)
+        try #require(onLoopback(port: held, { bind(holder, $0, $1) }) == 0 && listen(holder, 1) == 0,
+                     "holding 127.0.0.1:\(held): \(String(cString: strerror(errno)))")
 
         let path = try writeConfig("web: {listen_addresses: [\"127.0.0.1:\(port)\"]}\n")
         let daemon = try ExporterProcess(arguments: ["--config.file=\(path)"], port: port, listenFlags: false)

@@ -137,19 +137,47 @@ final class ExporterProcess {
         return process.terminationStatus
     }
 
+    /// A port below the kernel's ephemeral range, so that no connect() can
+    /// take it between this check and the daemon's bind (a port the kernel
+    /// picked was once taken on ::1 by the suites' loopback churn first),
+    /// free now on 127.0.0.1 and ::1, and a new one at each call.
     static func freePort() -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+            .split(whereSeparator: \.isWhitespace).compactMap { Int($0) } ?? []
+        let low = 10_000, high = max((range.first ?? 32768) - 1, low + 1000)
+        for _ in low...high {
+            let candidate = nextPort.withLock { next -> Int in
+                next = next < low || next >= high ? low : next + 1
+                return next
+            }
+            if bindable(AF_INET, port: candidate) && bindable(AF_INET6, port: candidate) { return UInt16(candidate) }
+        }
+        return 0  // none free: the daemon's bind fails and says so
+    }
+
+    /// Ports are handed out in turn from a place set by the pid, so that two
+    /// test processes rarely try the same one.
+    private static let nextPort = Locked(10_000 + Int(getpid()) % 20_000)
+
+    private static func bindable(_ family: Int32, port: Int) -> Bool {
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                _ = bind(fd, $0, length)
-                _ = getsockname(fd, $0, &length)
+        if family == AF_INET {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            return withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
             }
         }
-        return UInt16(bigEndian: address.sin_port)
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_port = UInt16(port).bigEndian
+        address.sin6_addr = in6addr_loopback
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) == 0 }
+        }
     }
 }
