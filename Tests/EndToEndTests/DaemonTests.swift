@@ -251,12 +251,16 @@ struct DaemonTests {
 @Suite(.serialized, .enabled(if: runningAsRoot, "needs root for BPF"))
 struct ReloadListenerTests {
     @Test func aReloadThatChangesWebNeverLosesTheListener() throws {
-        let port = ExporterProcess.freePort(), held = ExporterProcess.freePort()
-        // The test's own socket holds `held`: the daemon cannot bind it.
+        let port = ExporterProcess.freePort()
+        // The test's own socket holds `held` (a port the kernel picks, held
+        // from the start): the daemon cannot bind it.
         let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(holder) }
-        try #require(onLoopback(port: held, { bind(holder, $0, $1) }) == 0 && listen(holder, 1) == 0,
-                     "holding 127.0.0.1:\(held): \(String(cString: strerror(errno)))")
+        try #require(onLoopback(port: 0, { bind(holder, $0, $1) }) == 0 && listen(holder, 1) == 0,
+                     "holding a loopback port: \(String(cString: strerror(errno)))")
+        var bound = sockaddr_in(), length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) } }
+        let held = UInt16(bigEndian: bound.sin_port)
 
         let path = try writeConfig("web: {listen_addresses: [\"127.0.0.1:\(port)\"]}\n")
         let daemon = try ExporterProcess(arguments: ["--config.file=\(path)"], port: port, listenFlags: false)
