@@ -67,14 +67,25 @@ struct {
 	__type(value, __u64);
 } per_cpu_counters SEC(".maps");
 
-static __always_inline __u64 take_number(__u32 counter)
+/* A program can run nested on the same CPU (a softirq's retransmit hook
+ * interrupting a send) and take a number between a read and a write of
+ * the count: so the count is added to atomically and read before and
+ * after, and the number kept only if nothing came between (else again).
+ * False: taken away four times over. */
+static __always_inline bool take_number(__u32 counter, __u64 *number)
 {
-	__u64 *taken = bpf_map_lookup_elem(&per_cpu_counters, &counter);
+	volatile __u64 *taken = bpf_map_lookup_elem(&per_cpu_counters, &counter);
 	if (!taken)
-		return ~0ULL;
-	__u64 number = *taken * settings.cpus + bpf_get_smp_processor_id();
-	*taken += 1; /* per-CPU: no other writer */
-	return number;
+		return false;
+	for (int attempt = 0; attempt < 4; attempt++) {
+		__u64 before = *taken;
+		__sync_fetch_and_add(taken, 1);
+		if (*taken == before + 1) {
+			*number = before * settings.cpus + bpf_get_smp_processor_id();
+			return true;
+		}
+	}
+	return false;
 }
 
 static __always_inline void add_stat(__u32 index, __u64 amount)

@@ -32,7 +32,9 @@ static __noinline int count_hash_slow(struct sock *sk, struct tcptop_sock_value 
 		__u64 key = (__u64)sk;
 		struct tcptop_sock_value initial = {};
 		read_connection(sk, &initial.conn);
-		initial.cookie = take_number(TCPTOP_COUNTER_CONNECTION_IDS) + 1;
+		if (!take_number(TCPTOP_COUNTER_CONNECTION_IDS, &initial.cookie))
+			return unattributed(ret, is_send);
+		initial.cookie += 1;
 		initial.owner_tgid = tgid;
 		if (is_send)
 			initial.conn.sent_bytes = ret;
