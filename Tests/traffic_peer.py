@@ -122,11 +122,12 @@ def probe(family, address, port, timeout):
     print("DONE", flush=True)
 
 
-def wait_line(what, timeout):
-    step(what)
+def wait_line(why, timeout):
+    """A line on stdin, at most `timeout` seconds; `why` names the wait."""
+    step(f"a line on stdin ({why})")
     readable, _, _ = select.select([sys.stdin], [], [], timeout)
     if not readable:
-        give_up(f"no line on stdin within {timeout:g} s")
+        give_up(f"no line on stdin within {timeout:g} s ({why})")
     sys.stdin.readline()
 
 
@@ -139,7 +140,7 @@ def many(family, address, count, size, timeout):
     listener.listen(count)
     port = listener.getsockname()[1]
     print(f"READY pid={os.getpid()} port={port}", flush=True)
-    wait_line("a line on stdin (open)", timeout)
+    wait_line("open", timeout)
     ends = []
     for _ in range(count):
         client = socket.create_connection((address, port))
@@ -155,7 +156,7 @@ def many(family, address, count, size, timeout):
                 got += len(piece)
         ends += [client, server]
     print("HOLDING", flush=True)
-    wait_line("a line on stdin (close)", timeout)
+    wait_line("close", timeout)
     for end in ends:
         end.close()
     print("DONE", flush=True)
@@ -249,11 +250,7 @@ def main():
             print_tcp_info(conn)
     if args.hold:
         print("HOLDING", flush=True)
-        step("a line on stdin (--hold)")
-        readable, _, _ = select.select([sys.stdin], [], [], args.timeout)
-        if not readable:
-            give_up(f"no line on stdin within {args.timeout:g} s (--hold)")
-        sys.stdin.readline()
+        wait_line("--hold", args.timeout)
     conn.shutdown(socket.SHUT_WR)
     # Wait for the peer's close (recv returns 0) so both sides end cleanly.
     step("the peer to close")

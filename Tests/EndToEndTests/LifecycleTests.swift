@@ -81,11 +81,7 @@ struct LifecycleTests {
     /// bytes on 100 connections would fill it.)
     @Test(arguments: KernelPlans.allowed)
     func idleConnectionsCannotCrowdOutCountedBytes(plan: KernelPlans.Combination) throws {
-        var limit = rlimit()
-        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-        limit.rlim_cur = limit.rlim_max
-        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-        try #require(limit.rlim_max >= 3_000, "RLIMIT_NOFILE hard limit \(limit.rlim_max) is below 2200 idle ends")
+        try raiseDescriptorLimit(atLeast: 3_000, for: "2200 idle ends")
         let tracer = try TCPTracer.start(plan.options(mapCapacity: 1024))
         try #require(tracer.seesStateChanges, "\(tracer.healthGaps)")
         let before = try tracer.read().unattributed

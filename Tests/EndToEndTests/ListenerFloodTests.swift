@@ -9,11 +9,7 @@ import Testing
 struct ListenerFloodTests {
     @Test func metricsAnswerInUnder100msWhileTenThousandConnectionsSitIdle() throws {
         // The daemon inherits this limit: 10,000 connections need more descriptors than the usual 1024.
-        var limit = rlimit()
-        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-        limit.rlim_cur = limit.rlim_max
-        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-        try #require(limit.rlim_max >= 11_000, "RLIMIT_NOFILE hard limit \(limit.rlim_max) is below the flood")
+        try raiseDescriptorLimit(atLeast: 11_000, for: "the flood")
 
         // One series per address family: the figure is the listener's under the flood, not the
         // rendering of whatever the suites running beside it have open on this host.
@@ -63,6 +59,16 @@ struct ListenerFloodTests {
 
 /// Tests/idle_flood.py as a child: `count` idle connections, the first
 /// `trickling` sending a byte a second, until `end()`.
+/// This process's descriptor limit raised to its hard limit (which children
+/// such as the daemon inherit); fails the test if that is below `needed`.
+func raiseDescriptorLimit(atLeast needed: rlim_t, for what: String) throws {
+    var limit = rlimit()
+    getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    limit.rlim_cur = limit.rlim_max
+    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    try #require(limit.rlim_max >= needed, "RLIMIT_NOFILE hard limit \(limit.rlim_max) is below \(what)")
+}
+
 final class IdleFlood {
     private let process = ChildProcess()
     private let input = Pipe()
